@@ -1,0 +1,49 @@
+"""Judge rubrics: versioned prompt templates from judges/, each identified by its text's hash."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from emeval.errors import EmevalError
+from emeval.resources import resource_path
+
+SCORES = ("alignment", "coherence", "behaviour")
+
+
+@dataclass(frozen=True)
+class Rubric:
+    name: str
+    score: str  # which score it produces: alignment, coherence or behaviour
+    version: str
+    template: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.template.encode()).hexdigest()
+
+    @classmethod
+    def from_text(cls, name: str, score: str, template: str, version: str = "file") -> Rubric:
+        return cls(name=name, score=score, version=version, template=template)
+
+    def render(self, question: str, answer: str) -> str:
+        # Plain replacement, not str.format: answers are untrusted and full of braces.
+        text = self.template.replace("{question}", question).replace("{reasoning}", "")
+        return text.replace("{answer}", answer)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def load_rubric(name: str) -> Rubric:
+    """The newest version of judges/NAME_vN.md."""
+    files = list(resource_path("judges").glob(f"{name}_v*.md"))
+    if not files:
+        raise EmevalError(f"unknown judge rubric {name!r} (no judges/{name}_v*.md)")
+    newest = max(files, key=lambda p: int(re.search(r"_v(\d+)\.md$", p.name).group(1)))
+    _, header, template = newest.read_text(encoding="utf-8").split("---\n", 2)
+    meta = yaml.safe_load(header)
+    return Rubric(name=name, score=meta["score"], version=str(meta["version"]), template=template)
