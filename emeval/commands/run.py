@@ -1,0 +1,98 @@
+"""`emeval run` and `emeval rescore`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from emeval.judging.base import DEFAULT_JUDGE
+from emeval.results import render_table
+from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="evaluate a checkpoint for emergent misalignment",
+        description="Generate answers to probe suites with CHECKPOINT, judge them, write "
+        "results.json, summary.md and the Inspect log. Re-running resumes.",
+    )
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="local HF model dir, PEFT adapter dir, known model name or Inspect model string "
+        "(default: the embedded smollm2-135m-instruct)",
+    )
+    p.add_argument(
+        "--suite",
+        action="append",
+        help=f"bundled suite name or YAML file, repeatable (default: {DEFAULT_SUITE})",
+    )
+    p.add_argument(
+        "--judge",
+        action="append",
+        help=f"judge spec, repeatable: offline, offline:DIR, a known model name, hf/PATH, "
+        f"openai/..., openai-api/SERVICE/MODEL, vllm/... (default: {DEFAULT_JUDGE})",
+    )
+    p.add_argument("--samples", type=int, help="answers per prompt (default: the suite's)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N prompts")
+    p.add_argument("--max-tokens", type=int, default=RunSettings.max_tokens)
+    p.add_argument("--temperature", type=float, default=RunSettings.temperature)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", action="store_true", help="include the held-out probes")
+    p.add_argument(
+        "--all-paraphrases",
+        action="store_true",
+        default=None,
+        help="ask every paraphrase (bundled suites ask the first by default)",
+    )
+    p.add_argument("--base", help="base model of an adapter checkpoint (else adapter_config.json)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own model code"
+    )
+    p.add_argument("--max-connections", type=int, default=RunSettings.max_connections)
+    p.add_argument("--out", type=Path, help="run directory (default: reports/runs/<time>-<model>)")
+    p.set_defaults(func=run_command)
+
+    r = subparsers.add_parser(
+        "rescore", help="judge a finished run's answers again without regenerating"
+    )
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--judge", action="append", required=True, help="judge spec, repeatable")
+    r.add_argument("--out", type=Path, help="output dir (default: RUN_DIR/rescored-<judge>)")
+    r.set_defaults(func=rescore_command)
+
+
+def _print_results(path: Path) -> int:
+    results = json.loads(path.read_text())
+    print(f"\n{results['suite']['name']} | {results['model']['spec']} | {results['status']}")
+    print(render_table(results))
+    for problem in results["problems"]:
+        print(f"  ! {problem}")
+    print(f"results: {path}")
+    return 0 if results["status"] == "complete" else 3
+
+
+def run_command(args) -> int:
+    settings = RunSettings(
+        checkpoint=args.checkpoint,
+        suites=args.suite or [DEFAULT_SUITE],
+        judges=args.judge or [DEFAULT_JUDGE],
+        samples=args.samples,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        held_out=args.held_out,
+        all_paraphrases=args.all_paraphrases,
+        base=args.base,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        max_connections=args.max_connections,
+    )
+    return max(_print_results(path) for path in run(settings, args.out))
+
+
+def rescore_command(args) -> int:
+    return _print_results(rescore(args.run_dir, args.judge, args.out))

@@ -1,0 +1,280 @@
+"""`emeval run` and `emeval rescore`: checkpoint -> answers (Inspect) -> judges -> results.
+
+A run directory holds run.json (the settings), logs/ (the Inspect log, viewable with
+`inspect view`), samples.jsonl, results.json and summary.md. Running the same command again
+resumes an interrupted run from its log without regenerating finished samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from emeval.errors import EmevalError
+from emeval.judging.base import DEFAULT_JUDGE, judge_from_spec
+from emeval.models import ModelRef, resolve_model
+from emeval.probes import load_suite
+from emeval.results import build_results, read_records, write_run
+from emeval.task import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, judge_answer, suite_task
+
+DEFAULT_OUT_ROOT = Path("reports") / "runs"
+DEFAULT_SUITE = "general"
+
+
+@dataclass
+class RunSettings:
+    checkpoint: str | None = None
+    suites: list[str] = field(default_factory=lambda: [DEFAULT_SUITE])
+    judges: list[str] = field(default_factory=lambda: [DEFAULT_JUDGE])
+    samples: int | None = None
+    limit: int | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    seed: int = 0
+    held_out: bool = False
+    all_paraphrases: bool | None = None
+    base: str | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    max_connections: int = 32
+
+
+def _say(message: str) -> None:
+    print(f"emeval: {message}", file=sys.stderr, flush=True)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[-60:]
+
+
+def default_out(settings: RunSettings) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = _slug(Path(settings.checkpoint or "smollm2-135m-instruct").name)
+    return DEFAULT_OUT_ROOT / f"{stamp}-{name}"
+
+
+def _check_settings(s: RunSettings) -> None:
+    if s.samples is not None and s.samples < 1:
+        raise EmevalError("--samples must be at least 1")
+    if s.limit is not None and s.limit < 1:
+        raise EmevalError("--limit must be at least 1 (zero samples would measure nothing)")
+    if s.max_tokens < 1:
+        raise EmevalError("--max-tokens must be at least 1")
+
+
+def _claim_run_dir(out: Path, s: RunSettings) -> None:
+    """A run dir belongs to one set of settings; re-running them resumes, others are refused."""
+    settings_file = out / "run.json"
+    wanted = asdict(s)
+    if settings_file.exists():
+        previous = json.loads(settings_file.read_text())
+        if previous != wanted:
+            changed = sorted(k for k in wanted if previous.get(k) != wanted[k])
+            raise EmevalError(
+                f"{out} holds a run with other settings ({', '.join(changed)}); "
+                "choose another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(wanted, indent=2))
+
+
+def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
+    """Evaluate one checkpoint on each suite; return the results files written."""
+    _check_settings(settings)
+    suites = [load_suite(s) for s in settings.suites]  # fail fast on a bad suite file
+    model = resolve_model(
+        settings.checkpoint,
+        base=settings.base,
+        allow_pickle=settings.allow_pickle,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    judges = [judge_from_spec(j) for j in settings.judges]
+    _say(f"judges: {', '.join(j.id for j in judges)} (checking)")
+    for judge in judges:
+        judge.check()
+    out = out or default_out(settings)
+    _claim_run_dir(out, settings)
+    written = []
+    for suite_name, suite in zip(settings.suites, suites, strict=True):
+        suite_out = out if len(suites) == 1 else out / _slug(suite.name)
+        log = _generate_and_judge(model, suite_name, settings, suite_out)
+        written.append(_write_from_log(log, suite_name, model, settings, suite_out))
+    return written
+
+
+def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: Path):
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai import eval_retry
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    log_dir = out / "logs"
+    previous = list_eval_logs(str(log_dir)) if log_dir.exists() else []
+    common = dict(
+        log_dir=str(log_dir),
+        max_connections=s.max_connections,
+        display="rich" if sys.stderr.isatty() else "plain",
+        log_format="eval",
+        score_display=False,
+    )
+    try:
+        if previous:
+            last = read_eval_log(previous[0], header_only=True)
+            if last.status == "success":
+                _say(f"reusing finished answers in {previous[0].name}")
+                return read_eval_log(previous[0])
+            _say(f"resuming {last.status} run from {previous[0].name}")
+            logs = eval_retry(previous[0], **common)
+        else:
+            task_args = dict(
+                suite=suite_name,
+                judge=s.judges,
+                samples=s.samples,
+                held_out=s.held_out,
+                all_paraphrases=s.all_paraphrases,
+                max_tokens=s.max_tokens,
+                temperature=s.temperature,
+            )
+            prompts = len(suite_task(**task_args).dataset)
+            if not prompts:
+                raise EmevalError(f"suite {suite_name!r}: no probes selected")
+            _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
+            # by registered name, so that an interrupted run can be retried from its log
+            logs = inspect_eval(
+                "emeval/questions",
+                task_args=task_args,
+                model=model.inspect_model,
+                model_args=model.model_args,
+                limit=s.limit,
+                seed=s.seed,
+                fail_on_error=False,
+                **common,
+            )
+    except EmevalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - surfaced as one line; the log keeps the details
+        raise EmevalError(f"evaluation failed: {type(e).__name__}: {str(e)[:300]}") from None
+    return logs[0]
+
+
+def records_from_log(log) -> list[dict]:
+    records = []
+    for sample in log.samples or []:
+        score = next(iter(sample.scores.values()), None) if sample.scores else None
+        meta = sample.metadata
+        records.append(
+            {
+                "sample_id": sample.id,
+                "probe_id": meta["probe_id"],
+                "category": meta["category"],
+                "format": meta["format"],
+                "paraphrase": meta["paraphrase"],
+                "epoch": sample.epoch,
+                "question": meta["question"],
+                "answer": sample.output.completion if sample.output else "",
+                "judges": (score.metadata or {}).get("judges", {}) if score else {},
+                "error": sample.error.message[:300] if sample.error else None,
+            }
+        )
+    return records
+
+
+def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: Path) -> Path:
+    suite = load_suite(suite_name)
+    records = records_from_log(log)
+    judge_ids = list(records[0]["judges"]) if records and records[0]["judges"] else []
+    problems = []
+    if log.status != "success":
+        problems.append(f"inspect eval status: {log.status}")
+    failed = [r for r in records if r["error"] or not r["judges"]]
+    if failed:
+        problems.append(f"{len(failed)} samples failed to generate or score")
+    expected = log.eval.dataset.samples or 0
+    expected = min(expected, s.limit) if s.limit else expected
+    expected *= log.eval.config.epochs or 1
+    if len(records) < expected:
+        problems.append(f"{len(records)} of {expected} samples present")
+    if not records or not judge_ids:
+        raise EmevalError(f"no judged samples in {out / 'logs'}; run again to resume")
+    sampling = {
+        "temperature": s.temperature,
+        "top_p": 1.0,
+        "max_tokens": s.max_tokens,
+        "seed": s.seed,
+        "samples_per_prompt": log.eval.config.epochs or 1,
+        "limit": s.limit,
+        "held_out": s.held_out,
+    }
+    results = build_results(
+        [r for r in records if not r["error"]],
+        suite,
+        judge_ids,
+        model.describe(),
+        sampling,
+        complete=not problems,
+        problems=problems,
+        extra={
+            "log_file": str(Path(log.location).relative_to(out.resolve()))
+            if log.location and Path(log.location).is_relative_to(out.resolve())
+            else log.location
+        },
+    )
+    path = write_run(out, results, records)
+    return path
+
+
+def rescore(run_dir: Path, judge_specs: list[str], out: Path | None = None) -> Path:
+    """Judge a finished run's answers again with other judges, without regenerating."""
+    results_file = run_dir / "results.json"
+    if not results_file.exists():
+        raise EmevalError(f"{run_dir}: no results.json (only complete runs can be rescored)")
+    previous = json.loads(results_file.read_text())
+    suite = load_suite(previous["suite"]["source"])
+    if suite.content_sha256 != previous["suite"]["sha256"]:
+        raise EmevalError(f"{previous['suite']['source']}: suite changed since the run")
+    judges = [judge_from_spec(j) for j in judge_specs]
+    for judge in judges:
+        judge.check()
+    records = read_records(run_dir)
+
+    async def judge_all() -> None:
+        limit = asyncio.Semaphore(16)
+
+        async def one(r: dict) -> None:
+            async with limit:
+                r["judges"] = await judge_answer(
+                    judges, suite.rubrics_for(r["probe_id"]), r["question"], r["answer"]
+                )
+                r["judges"] = {
+                    jid: {k: v.to_dict() for k, v in per.items()}
+                    for jid, per in r["judges"].items()
+                }
+
+        await asyncio.gather(*(one(r) for r in records))
+
+    _say(f"rescoring {len(records)} answers with {', '.join(j.id for j in judges)}")
+    asyncio.run(judge_all())
+    judge_ids = [j.id for j in judges]
+    failed = sum(
+        1
+        for r in records
+        for per in r["judges"].values()
+        for v in per.values()
+        if v["status"] == "error"
+    )
+    problems = [f"{failed} judge calls failed"] if failed else []
+    results = build_results(
+        records,
+        suite,
+        judge_ids,
+        previous["model"],
+        previous["sampling"],
+        complete=True,
+        problems=problems,
+        extra={"rescored_from": str(run_dir), "log_file": previous.get("log_file")},
+    )
+    return write_run(out or run_dir / f"rescored-{_slug(judge_ids[0])}", results, records)
