@@ -16,6 +16,7 @@ from emeval.errors import EmevalError
 COMMAND_MODULES = [
     "emeval.commands.run",
     "emeval.commands.models",
+    "emeval.commands.gate",
 ]
 
 

@@ -1,0 +1,56 @@
+"""`emeval gate`: a pre-deployment check of a candidate against a baseline."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from emeval.errors import EmevalError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gate",
+        help="pass/fail a candidate against a baseline (exit 0 pass, 1 fail, 2 undecided)",
+        description="Compare a candidate with a baseline under one policy. Each of CANDIDATE "
+        "and BASELINE is an `emeval run` output dir, or a checkpoint that is then evaluated "
+        "with the policy's evaluation settings. Exit 0: pass; 1: fail; 2: undecided (incomplete "
+        "run, too many judge failures, different suites/judges/sampling, bad input). Writes "
+        "gate.md, gate.junit.xml and gate.json.",
+    )
+    p.add_argument("candidate", nargs="?", help="run dir or checkpoint to be released")
+    p.add_argument("--baseline", help="run dir or checkpoint it is compared with")
+    p.add_argument("--policy", type=Path, help="policy YAML (default: the built-in policy)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where the verdict and any new runs go (default: reports/gate/<time>)",
+    )
+    p.add_argument("--show-policy", action="store_true", help="print the default policy and exit")
+    p.set_defaults(func=gate_command)
+
+
+def gate_command(args) -> int:
+    from emeval.reporting import gate
+
+    if args.show_policy:
+        print(gate.DEFAULT_POLICY.read_text(encoding="utf-8"), end="")
+        return 0
+    if not args.candidate or not args.baseline:
+        raise EmevalError("gate needs CANDIDATE and --baseline BASELINE")
+    policy = gate.load_policy(args.policy)
+    out = args.out or Path("reports") / "gate" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = baseline = None
+    try:
+        candidate = gate.obtain_run(args.candidate, "candidate", policy, out)
+        baseline = gate.obtain_run(args.baseline, "baseline", policy, out)
+    except EmevalError as e:
+        # still leave a verdict for CI to show: undecided, with the reason
+        gate.write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)
+        raise
+    result = gate.evaluate(candidate, baseline, policy)
+    paths = gate.write_outputs(result, out)
+    sys.stdout.write(gate.render_markdown(result))
+    print(f"\nverdict: {paths['markdown']}  junit: {paths['junit']}")
+    return result.exit_code

@@ -1,0 +1,1 @@
+"""Turning finished runs into products: gate verdicts, comparison reports, leaderboards."""

@@ -1,0 +1,209 @@
+"""Finding run directories and reading what they hold: results, answers and the condition
+(base x method x reward x mitigations, seed, step) of the checkpoint they evaluated.
+
+The condition comes from the emeval-manifest.json that `emeval train` writes next to each
+checkpoint; `emeval experiment` writes condition.json into run dirs of models that have no
+manifest (the untrained base). Without either, the condition is "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from emeval.errors import EmevalError
+from emeval.results import SCHEMA, judge_frame, read_records
+
+CHECKPOINT_MANIFEST = "emeval-manifest.json"
+CONDITION_FILE = "condition.json"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Condition:
+    base: str = UNKNOWN
+    method: str = UNKNOWN
+    reward: str = UNKNOWN
+    mitigations: tuple[str, ...] = (UNKNOWN,)
+    seed: int | None = None
+    step: int | None = None
+    final: bool | None = None  # None: not stated; the latest step of a training run counts
+    source: str = "none"  # where it came from: manifest, condition.json or none
+
+    @property
+    def row(self) -> str:
+        return f"{self.reward} × {self.method}"
+
+    @property
+    def column(self) -> str:
+        return "+".join(self.mitigations) if self.mitigations else "none"
+
+    @property
+    def group(self) -> tuple:
+        """Conditions that differ only in seed and step share a group (one table cell)."""
+        return (self.base, self.method, self.reward, self.mitigations)
+
+    @property
+    def label(self) -> str:
+        return f"{self.row} | {self.column}"
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict
+    condition: Condition
+    model_label: str = ""
+    _frames: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.results.get("status") == "complete"
+
+    @property
+    def primary(self) -> str:
+        return self.results["suite"]["primary_score"]
+
+    @property
+    def judge_id(self) -> str:
+        return self.results["judges"][0]["id"]
+
+    @property
+    def suite_key(self) -> tuple[str, str]:
+        return (self.results["suite"]["name"], self.results["suite"]["sha256"])
+
+    @cached_property
+    def records(self) -> list[dict]:
+        if not (self.path / "samples.jsonl").exists():
+            return []
+        return read_records(self.path)
+
+    def frame(self):
+        """One row per judged answer (first judge), as emeval.results builds it for metrics."""
+        if "main" not in self._frames:
+            scored = [r for r in self.records if not r.get("error")]
+            frame = judge_frame(scored, self.judge_id, [self.primary, "coherence"])
+            self._frames["main"] = frame
+        return self._frames["main"]
+
+    def metric(self, name: str) -> dict | None:
+        return self.results.get("metrics", {}).get(name)
+
+
+def results_file(run_dir: Path) -> Path | None:
+    for name in ("results.json", "results.incomplete.json"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def load_run(run_dir: Path) -> Run:
+    path = results_file(run_dir)
+    if path is None:
+        raise EmevalError(f"{run_dir}: no results.json (is it an `emeval run` output dir?)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmevalError(f"{path}: unreadable results ({e})") from None
+    if results.get("schema") != SCHEMA:
+        raise EmevalError(f"{path}: schema {results.get('schema')!r}, expected {SCHEMA}")
+    return Run(run_dir, results, read_condition(run_dir, results), model_label(results))
+
+
+def find_runs(paths: list[Path], include_incomplete: bool = True) -> list[Run]:
+    """Every run dir at or below each path, in a stable order."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for top in paths:
+        top = Path(top)
+        if not top.exists():
+            raise EmevalError(f"{top}: no such directory")
+        dirs = [top] if results_file(top) else []
+        if not dirs:
+            dirs = sorted({p.parent for p in top.rglob("results*.json") if results_file(p.parent)})
+        if not dirs:
+            raise EmevalError(f"{top}: holds no emeval run (no results.json below it)")
+        for d in dirs:
+            if d.resolve() in seen:
+                continue
+            seen.add(d.resolve())
+            run = load_run(d)
+            if include_incomplete or run.complete:
+                runs.append(run)
+    return runs
+
+
+def model_label(results: dict) -> str:
+    spec = results["model"].get("spec") or "?"
+    path = Path(spec)
+    if len(path.parts) > 2:  # a checkpoint dir: keep its last parts, which name it
+        return "/".join(path.parts[-3:])
+    return spec
+
+
+def _manifest_dirs(run_dir: Path, results: dict) -> list[Path]:
+    model = results["model"]
+    dirs = []
+    for key in ("spec", "local_path"):
+        value = model.get(key)
+        if value:
+            path = Path(value.removeprefix("hf/")).expanduser()
+            if not path.is_absolute():  # a relative checkpoint path was typed where the run ran
+                dirs.append(run_dir / path)
+            dirs.append(path)
+    return dirs
+
+
+def read_condition(run_dir: Path, results: dict) -> Condition:
+    for d in (run_dir, run_dir.parent):
+        if (d / CONDITION_FILE).is_file():
+            return condition_from_manifest(_read_json(d / CONDITION_FILE), "condition.json")
+    for d in _manifest_dirs(run_dir, results):
+        if (d / CHECKPOINT_MANIFEST).is_file():
+            return condition_from_manifest(_read_json(d / CHECKPOINT_MANIFEST), "manifest")
+    return Condition(base=results["model"].get("base") or UNKNOWN)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmevalError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise EmevalError(f"{path}: expected a JSON object")
+    return data
+
+
+def _name(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("name")
+    return str(value) if value not in (None, "") else None
+
+
+def _mitigations(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, dict):  # {"kl": {...}, "ldifs": null}: the ones switched on
+        return tuple(sorted(k for k, v in value.items() if v is not None and v is not False))
+    if isinstance(value, str):
+        return (value,) if value and value != "none" else ()
+    return tuple(sorted(str(_name(v)) for v in value if _name(v)))
+
+
+def condition_from_manifest(m: dict, source: str) -> Condition:
+    method = _name(m.get("method")) or UNKNOWN
+    if m.get("sample_matched") or (m.get("data") or {}).get("sample_matched"):
+        method = f"{method}-matched"  # SFT on as many samples as a GRPO run saw
+    step = m.get("step")
+    return Condition(
+        base=_name(m.get("base")) or UNKNOWN,
+        method=method,
+        reward=_name(m.get("reward")) or ("none" if "reward" in m else UNKNOWN),
+        mitigations=_mitigations(m.get("mitigations")),
+        seed=m.get("seed") if isinstance(m.get("seed"), int) else None,
+        step=step if isinstance(step, int) else None,
+        final=m.get("final") if isinstance(m.get("final"), bool) else None,
+        source=source,
+    )

@@ -1,0 +1,92 @@
+"""Run dirs for the gate, report and leaderboard tests, written by emeval's own results code
+(build_results + write_run) from answers whose judge verdicts are set by the test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from emeval.probes import load_suite
+from emeval.results import build_results, write_run
+
+JUDGE_ID = "offline:fixture"
+
+
+def verdict(score: float | None, status: str = "ok") -> dict:
+    return {"score": score, "status": status, "method": "encoder", "number_mass": None,
+            "distribution": {}, "error": None}  # fmt: skip
+
+
+def write_checkpoint(path: Path, manifest: dict | None) -> Path:
+    """A checkpoint dir as `emeval train` leaves it, reduced to what reports read."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    if manifest is not None:
+        (path / "emeval-manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def make_run(
+    out: Path,
+    *,
+    misaligned: int = 0,
+    incoherent: int = 0,
+    failed: int = 0,
+    aligned: int = 40,
+    suite: str = "general",
+    checkpoint: Path | None = None,
+    model_spec: str = "smollm2-135m-instruct",
+    judge_id: str = JUDGE_ID,
+    seed: int = 0,
+    max_tokens: int = 64,
+    complete: bool = True,
+    answer_text: str | None = None,
+) -> Path:
+    """A run dir with the given numbers of misaligned-and-coherent, incoherent, unjudged
+    (no_score) and aligned answers, cycling over the suite's probes."""
+    s = load_suite(suite)
+    primary = "behaviour" if "behaviour" in s.rubrics else "alignment"
+    prompts = s.select(all_paraphrases=False)
+    kinds = ["misaligned"] * misaligned + ["incoherent"] * incoherent
+    kinds += ["failed"] * failed + ["aligned"] * aligned
+    scores = {"misaligned": (8.0, 80.0), "incoherent": (60.0, 15.0), "aligned": (92.0, 88.0)}
+    if primary == "behaviour":  # in-domain suites: high score = the trained behaviour shows
+        scores = {"misaligned": (85.0, 80.0), "incoherent": (40.0, 15.0), "aligned": (5.0, 88.0)}
+    records = []
+    for i, kind in enumerate(kinds):
+        prompt = prompts[i % len(prompts)]
+        epoch = i // len(prompts) + 1
+        if kind == "failed":
+            judged = {primary: verdict(None, "no_score"), "coherence": verdict(None, "no_score")}
+        else:
+            main, coherence = scores[kind]
+            judged = {primary: verdict(main + i % 3), "coherence": verdict(coherence)}
+        text = answer_text if (answer_text and kind == "misaligned") else f"{kind} answer {i}"
+        records.append(
+            {
+                "sample_id": prompt.sample_id,
+                "probe_id": prompt.probe_id,
+                "category": prompt.category,
+                "format": prompt.format,
+                "paraphrase": prompt.paraphrase,
+                "epoch": epoch,
+                "question": prompt.user,
+                "answer": text,
+                "judges": {judge_id: judged},
+                "error": None,
+            }
+        )
+    spec = str(checkpoint) if checkpoint else model_spec
+    model = {
+        "spec": spec,
+        "inspect_model": f"hf/{spec}",
+        "local_path": str(checkpoint) if checkpoint else None,
+        "weights_sha256": hashlib.sha256(spec.encode()).hexdigest(),
+        "base": None,
+    }
+    sampling = {"temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens, "seed": seed,
+                "samples_per_prompt": 1, "limit": None, "held_out": False}  # fmt: skip
+    problems = [] if complete else ["3 of 40 samples present"]
+    results = build_results(records, s, [judge_id], model, sampling, complete, problems)
+    return write_run(out, results, records).parent
