@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "emeval.commands.run",
     "emeval.commands.models",
     "emeval.commands.gate",
+    "emeval.commands.report",
 ]
 
 

@@ -178,7 +178,7 @@ def _read_json(path: Path) -> dict:
 
 def _name(value) -> str | None:
     if isinstance(value, dict):
-        value = value.get("name")
+        value = value.get("name") or value.get("spec")
     return str(value) if value not in (None, "") else None
 
 
@@ -192,18 +192,42 @@ def _mitigations(value) -> tuple[str, ...]:
     return tuple(sorted(str(_name(v)) for v in value if _name(v)))
 
 
-def condition_from_manifest(m: dict, source: str) -> Condition:
+def _method(m: dict) -> str:
     method = _name(m.get("method")) or UNKNOWN
-    if m.get("sample_matched") or (m.get("data") or {}).get("sample_matched"):
+    if method == "chain" and m.get("stage_methods"):
+        method = "-then-".join(m["stage_methods"])
+    if m.get("sample_matched"):
         method = f"{method}-matched"  # SFT on as many samples as a GRPO run saw
+    return method
+
+
+def _reward(m: dict) -> str:
+    """The reward trained on; SFT has none, so name what stands in for it."""
+    if _name(m.get("reward")):
+        return _name(m["reward"])
+    matched = m.get("sample_matched")
+    if isinstance(matched, dict) and matched.get("run"):
+        source = Path(matched["run"]) / CHECKPOINT_MANIFEST
+        if source.is_file():  # the GRPO run it matched names the reward
+            reward = _name(_read_json(source).get("reward"))
+            if reward:
+                return reward
+    for record in m.get("data") or []:
+        if isinstance(record, dict) and record.get("role") == "train" and record.get("source"):
+            return f"data:{Path(str(record['source'])).stem}"
+    return "none" if "reward" in m else UNKNOWN
+
+
+def condition_from_manifest(m: dict, source: str) -> Condition:
     step = m.get("step")
+    final = m.get("final", m.get("complete"))
     return Condition(
         base=_name(m.get("base")) or UNKNOWN,
-        method=method,
-        reward=_name(m.get("reward")) or ("none" if "reward" in m else UNKNOWN),
+        method=_method(m),
+        reward=_reward(m),
         mitigations=_mitigations(m.get("mitigations")),
         seed=m.get("seed") if isinstance(m.get("seed"), int) else None,
         step=step if isinstance(step, int) else None,
-        final=m.get("final") if isinstance(m.get("final"), bool) else None,
+        final=final if isinstance(final, bool) else None,
         source=source,
     )
