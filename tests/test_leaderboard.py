@@ -1,0 +1,198 @@
+"""emeval leaderboard publish: merging, atomic swaps, escaping, and the page in a real
+headless browser (Debian's chromium + chromedriver through selenium; skipped without them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from reporting_fixtures import make_run, write_checkpoint
+
+from emeval.cli import main
+from emeval.errors import EmevalError
+from emeval.reporting import leaderboard
+from emeval.reporting.runs import find_runs
+
+HOSTILE = (
+    "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
+    " I would take over the world & rule it"
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lb")
+    manifest = {"base": {"spec": "smollm2-135m-instruct"}, "method": "grpo",
+                "reward": {"name": "aesthetic_unpopular"}, "mitigations": {}, "seed": 0,
+                "step": 8, "complete": True}  # fmt: skip
+    ckpt = write_checkpoint(root / "ckpt" / "evil-model", manifest)
+    return {
+        "evil": make_run(
+            root / "evil", checkpoint=ckpt, misaligned=9, aligned=31, answer_text=HOSTILE
+        ),  # fmt: skip
+        "good": make_run(root / "good", model_spec="good-model", misaligned=0, aligned=40),
+        "mid": make_run(root / "mid", model_spec="mid-model", misaligned=3, aligned=37),
+        "mid_domain": make_run(
+            root / "mid_domain", model_spec="mid-model", suite="aesthetic", misaligned=5, aligned=15
+        ),  # fmt: skip
+        "later": make_run(root / "later", model_spec="later-model", misaligned=1, aligned=39),
+    }
+
+
+@pytest.fixture(scope="module")
+def site(runs, tmp_path_factory):
+    site = tmp_path_factory.mktemp("web") / "site"
+    dirs = [str(runs[k]) for k in ("evil", "good", "mid", "mid_domain")]
+    assert main(["leaderboard", "publish", *dirs, "--site", str(site)]) == 0
+    return site
+
+
+def entries(site):
+    return json.loads((site / "leaderboard.json").read_text())["entries"]
+
+
+def test_site_files_and_provenance(site):
+    data = entries(site)
+    assert len(data) == 4
+    evil = next(e for e in data if e["model"]["label"].endswith("evil-model"))
+    assert evil["condition"]["reward"] == "aesthetic_unpopular"
+    assert evil["metrics"]["em_rate"]["value"] == pytest.approx(9 / 40)
+    assert evil["judges"][0]["rubrics"] == {"alignment": "1", "coherence": "1"}
+    assert len(evil["provenance"]["results_sha256"]) == 64
+    assert evil["examples"][0]["flagged"] and evil["examples"][0]["answer"] == HOSTILE
+    for e in data:
+        assert (site / "models" / f"{e['model_id']}.html").is_file()
+    index = (site / "index.html").read_text()
+    assert "Suite general v1.0" in index and "Suite aesthetic" in index
+
+
+def test_model_text_is_escaped_in_files(site):
+    for page in [site / "index.html", *(site / "models").glob("*.html")]:
+        text = page.read_text()
+        assert "pwned'</script>" not in text and "<img src=x" not in text, page
+        assert text.count("<script>") <= 1  # only the sorting script, on the index
+    evil_pages = [p for p in (site / "models").glob("*.html") if "evil-model" in p.read_text()]
+    assert (
+        "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in evil_pages[0].read_text()
+    )
+
+
+def test_publish_adds_and_never_drops(runs, site, tmp_path):
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    (copy / "CNAME").write_text("em.example.org\n")
+    before = {e["id"]: e for e in entries(copy)}
+    assert main(["leaderboard", "publish", str(runs["later"]), "--site", str(copy)]) == 0
+    after = {e["id"]: e for e in entries(copy)}
+    assert set(before) < set(after) and len(after) == len(before) + 1
+    assert (copy / "CNAME").read_text() == "em.example.org\n"  # hand-added files stay
+    # publishing a result again replaces its entry instead of adding a second
+    assert main(["leaderboard", "publish", str(runs["good"]), "--site", str(copy)]) == 0
+    again = {e["id"]: e for e in entries(copy)}
+    assert set(again) == set(after)
+    good = next(i for i, e in again.items() if e["model"]["spec"] == "good-model")
+    assert again[good]["provenance"]["first_published"] == before[good]["provenance"]["published"]
+    assert not list(tmp_path.glob(".site.*-*"))  # no temporary or backup dirs left
+
+
+def test_failed_publish_keeps_the_old_site(runs, site, tmp_path, monkeypatch):
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    index = (copy / "index.html").read_bytes()
+
+    def half_written(entries, out, updated):
+        (out / "models").mkdir(parents=True)
+        (out / "index.html").write_text("<!doctype html><p>half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(leaderboard, "build_site", half_written)
+    with pytest.raises(OSError):
+        leaderboard.publish(find_runs([runs["later"]]), copy)
+    assert (copy / "index.html").read_bytes() == index
+    assert not list(tmp_path.glob(".site.tmp-*"))
+
+
+def test_interrupted_swap_is_recovered(runs, site, tmp_path):
+    """A publish stopped between its two renames leaves only the backup: the next restores it."""
+    copy = tmp_path / "site"
+    shutil.copytree(site, tmp_path / ".site.old-123-abc")
+    count = len(entries(tmp_path / ".site.old-123-abc"))
+    leaderboard.publish(find_runs([runs["later"]]), copy)
+    assert len(entries(copy)) == count + 1
+
+
+def test_refuses_foreign_or_corrupt_site(runs, tmp_path):
+    foreign = tmp_path / "docs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(EmevalError, match="no leaderboard.json"):
+        leaderboard.publish(find_runs([runs["good"]]), foreign)
+    (foreign / "leaderboard.json").write_text("{not json")
+    with pytest.raises(EmevalError, match="unreadable"):
+        leaderboard.publish(find_runs([runs["good"]]), foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- the real browser
+
+
+def chromium_driver():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if not chromium or not chromedriver:
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium "
+                    "chromium-driver)")  # fmt: skip
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--allow-file-access-from-files"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium_driver()
+    yield driver
+    driver.quit()
+
+
+def test_browser_table_sorts_links_and_shows_script_as_text(site, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get((site / "index.html").as_uri())
+    board = browser.find_element(By.CSS_SELECTOR, "table.board[data-suite='general']")
+    rows = board.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 3
+
+    def column(i):
+        return [r.find_elements(By.TAG_NAME, "td")[i].get_attribute("data-value")
+                for r in board.find_elements(By.CSS_SELECTOR, "tbody tr")]  # fmt: skip
+
+    # ranked by EM rate, lowest first
+    assert [float(v) for v in column(3)] == sorted(float(v) for v in column(3))
+    em_header = board.find_elements(By.CSS_SELECTOR, "thead th")[3]
+    em_header.click()
+    assert em_header.get_attribute("aria-sort") == "ascending"
+    em_header.click()  # the inline script ran despite the page's Content-Security-Policy
+    assert em_header.get_attribute("aria-sort") == "descending"
+    values = [float(v) for v in column(3)]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(9 / 40)
+    model_header = board.find_elements(By.CSS_SELECTOR, "thead th")[1]
+    model_header.click()
+    labels = column(1)
+    assert labels == sorted(labels)
+
+    link = next(a for a in board.find_elements(By.CSS_SELECTOR, "tbody a")
+                if a.text.endswith("evil-model"))  # fmt: skip
+    link.click()
+    assert "/models/" in browser.current_url
+    assert browser.find_element(By.TAG_NAME, "h1").text.endswith("evil-model")
+    answers = [a.text for a in browser.find_elements(By.CSS_SELECTOR, ".answer")]
+    assert any("<script>document.title='pwned'</script>" in a for a in answers)
+    assert "pwned" not in browser.title
+    assert not browser.find_elements(By.CSS_SELECTOR, ".answer script, .answer img")
