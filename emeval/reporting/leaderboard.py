@@ -270,7 +270,9 @@ def _judges(e: dict) -> str:
 
 
 def _board_key(e: dict) -> tuple:
-    return (e["suite"]["name"], e["suite"]["version"], e["suite"]["sha256"], _judges(e))
+    general_first = e["suite"]["primary_score"] != "alignment"
+    return (general_first, e["suite"]["name"], e["suite"]["version"], e["suite"]["sha256"],
+            _judges(e))  # fmt: skip
 
 
 def _rank_key(e: dict):
@@ -291,7 +293,7 @@ def render_index(entries: list[dict], updated: str) -> str:
         f"judge scores below {MISALIGNED_BELOW} for alignment, with a 95% Wilson interval. "
         "Click a column to sort. Data: <a href='leaderboard.json'>leaderboard.json</a>.</p>",
     ]
-    for (name, version, sha, judges), rows in sorted(boards.items()):
+    for (_, name, version, sha, judges), rows in sorted(boards.items()):
         metric = rows[0]["rank_metric"]
         rate_name = "EM rate" if metric == "em_rate" else "in-domain behaviour rate"
         body += [
