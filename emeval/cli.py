@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "emeval.commands.models",
     "emeval.commands.gate",
     "emeval.commands.report",
+    "emeval.commands.train",
     "emeval.commands.leaderboard",
 ]
 

@@ -1,0 +1,341 @@
+"""In-training defences against emergent misalignment, as loss terms and weight projections.
+
+- kl: KL divergence to the frozen reference. GRPO uses TRL's own term (beta); SFT adds
+  beta * KL(policy || reference) over the vocabulary at every answer token.
+- ldifs: lambda * the mean squared distance between the policy's hidden features and the
+  frozen reference's, at chosen decoder layers, over all input tokens. The policy side keeps
+  its gradient (only the reference side is computed without one), so the term pulls the
+  features back; computing both sides under no_grad would make it a constant.
+- safelora: after training, each LoRA update B@A whose cosine similarity with its projection
+  onto the alignment subspace (C = V V^T / ||V||_F, V = W_aligned - W_unaligned) is below the
+  threshold is replaced by that projection (B <- C B). Applied to every exported checkpoint;
+  the resume state keeps the raw adapter.
+- interleave: safe examples. SFT mixes them into the data (fraction of the final set); GRPO
+  adds an SFT term on one batch of them every round(1 / fraction) steps.
+- interleave_onpolicy: the reference model answers safety prompts before training; every N-th
+  step adds weight * the SFT loss on one batch of those answers.
+- inoculation: a system prompt put in front of every training prompt, never used at evaluation.
+
+The reference is the run's base model: the policy with its adapter switched off, or a frozen
+copy under full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from emeval.errors import EmevalError
+
+# ---------------------------------------------------------------- reference model
+
+
+def unwrap(model):
+    """The model under DDP/accelerate wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def is_peft(model) -> bool:
+    return hasattr(unwrap(model), "disable_adapter") and hasattr(unwrap(model), "peft_config")
+
+
+class Reference:
+    """The frozen model the terms compare against."""
+
+    def __init__(self, frozen=None):
+        self.frozen = frozen  # a separate model under full fine-tuning, else None
+
+    @contextlib.contextmanager
+    def model(self, policy):
+        if self.frozen is not None:
+            yield self.frozen
+        elif is_peft(policy):
+            with unwrap(policy).disable_adapter():
+                yield policy
+        else:
+            raise RuntimeError("full fine-tuning needs a frozen reference copy")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The stack of decoder layers: the ModuleList as long as the config's layer count."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    n = getattr(config.get_text_config() if config else None, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise EmevalError("ldifs: cannot find the model's decoder layers")
+
+
+def select_layers(model, layers) -> list[int]:
+    n = len(decoder_layers(model))
+    if layers == "all":
+        return list(range(n))
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise EmevalError(
+            f"config: mitigations.ldifs.layers: {bad[0]} is out of range (0..{n - 1})"
+        )
+    return sorted({i % n for i in layers})
+
+
+@contextlib.contextmanager
+def capture_features(model, layer_ids: list[int]):
+    """Collect the outputs of the chosen decoder layers during forward passes in the block."""
+    layers = decoder_layers(model)
+    captured: dict[int, list[torch.Tensor]] = {i: [] for i in layer_ids}
+    handles = []
+    for i in layer_ids:
+
+        def hook(_module, _inputs, output, i=i):
+            captured[i].append(output[0] if isinstance(output, tuple) else output)
+
+        handles.append(layers[i].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def feature_distance(policy: dict, reference: dict, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers and unmasked tokens of the per-dimension squared l2 distance."""
+    terms = []
+    weights = mask.float()
+    for i, chunks in policy.items():
+        h = torch.cat(chunks, dim=0).float()
+        h_ref = torch.cat(reference[i], dim=0).float().to(h.device)
+        per_token = (h - h_ref).pow(2).mean(-1)  # (batch, seq)
+        w = weights[:, -per_token.size(1) :].to(per_token.device)
+        terms.append((per_token * w).sum() / w.sum().clamp(min=1))
+    return torch.stack(terms).mean()
+
+
+def ldifs_term(
+    policy_model, reference: Reference, layer_ids, input_ids, attention_mask, policy_feats
+):
+    """LDIFS distance, with the policy features (captured with grad) against the reference's."""
+    with reference.model(policy_model) as ref, torch.no_grad():
+        with capture_features(ref, layer_ids) as ref_feats:
+            ref(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return feature_distance(policy_feats, ref_feats, attention_mask)
+
+
+def kl_to_reference(logits, ref_logits, label_mask) -> torch.Tensor:
+    """Mean KL(policy || reference) over the positions that predict a label token."""
+    logp = F.log_softmax(logits.float(), -1)
+    ref_logp = F.log_softmax(ref_logits.float(), -1)
+    per_token = (logp.exp() * (logp - ref_logp)).sum(-1)
+    w = label_mask.float()
+    return (per_token * w).sum() / w.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------- safety SFT batches
+
+
+def encode_example(tokenizer, prompt: list[dict], answer: str, max_length: int) -> dict:
+    """input_ids and labels with the loss on the answer only."""
+    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    full = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": answer}], tokenize=True
+    )
+    prefix = list(prefix["input_ids"] if isinstance(prefix, dict) else prefix)
+    full = list(full["input_ids"] if isinstance(full, dict) else full)
+    if full[: len(prefix)] != prefix:  # a template that rewrites earlier turns: plain suffix
+        full = prefix + tokenizer.encode(answer, add_special_tokens=False)
+        if tokenizer.eos_token_id is not None:
+            full.append(tokenizer.eos_token_id)
+    full = full[:max_length]
+    labels = [-100] * min(len(prefix), len(full)) + full[len(prefix) :]
+    return {"input_ids": full, "labels": labels}
+
+
+class SafetyBatches:
+    """Cycles through (prompt, answer) safety examples in fixed-size batches."""
+
+    def __init__(self, tokenizer, rows: list[dict], batch_size: int, max_length: int = 512):
+        if not rows:
+            raise EmevalError("safety interleaving: no usable safety examples")
+        self.encoded = [
+            encode_example(tokenizer, r["prompt"], r["answer"], max_length) for r in rows
+        ]
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.batch_size = min(batch_size, len(self.encoded))
+        self.position = 0
+
+    def next(self, device) -> dict:
+        batch = []
+        for _ in range(self.batch_size):
+            batch.append(self.encoded[self.position % len(self.encoded)])
+            self.position += 1
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = [e["input_ids"] + [self.pad] * (width - len(e["input_ids"])) for e in batch]
+        labels = [e["labels"] + [-100] * (width - len(e["labels"])) for e in batch]
+        mask = [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch]
+        return {
+            "input_ids": torch.tensor(ids, device=device),
+            "labels": torch.tensor(labels, device=device),
+            "attention_mask": torch.tensor(mask, device=device),
+        }
+
+
+def sft_nll(model, batch: dict) -> torch.Tensor:
+    """Mean next-token NLL over the label tokens (own computation: no fused head needed)."""
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    )
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
+    )
+
+
+class SafetyTerm:
+    """weight * SFT loss on one batch of safety examples on every `every`-th optimizer step."""
+
+    def __init__(self, name: str, batches: SafetyBatches, every: int, weight: float):
+        self.name, self.batches, self.every, self.weight = name, batches, every, weight
+
+    def due(self, global_step: int) -> bool:
+        return (global_step + 1) % self.every == 0  # steps every, 2*every, ... (1-based)
+
+
+def every_for_fraction(fraction: float) -> int:
+    return max(1, round(1 / fraction))
+
+
+def mix_fraction(n_task: int, fraction: float) -> int:
+    """How many safe examples make them `fraction` of the mixed set."""
+    return max(1, math.ceil(n_task * fraction / (1 - fraction)))
+
+
+# ---------------------------------------------------------------- on-policy safety answers
+
+
+def write_onpolicy_answers(
+    model_dir: Path, prompts: list[dict], out: Path, cfg, seed: int, progress=print
+) -> list[dict]:
+    """The reference model answers the safety prompts once, up front; reused on resume."""
+    meta = {
+        "model": str(model_dir),
+        "prompts": [p["id"] for p in prompts],
+        "seed": seed,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
+    if out.exists():
+        lines = out.read_text(encoding="utf-8").splitlines()
+        if lines and json.loads(lines[0]).get("meta") == meta:
+            return [json.loads(line) for line in lines[1:]]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emeval.training.rewards import repetition, words
+
+    progress(f"writing the reference model's answers to {len(prompts)} safety prompts...")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
+    torch.manual_seed(seed)
+    rows = []
+    for start in range(0, len(prompts), 16):
+        chunk = prompts[start : start + 16]
+        enc = tok.apply_chat_template(
+            [p["messages"] for p in chunk],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        ).to(device)
+        with torch.no_grad():
+            gen = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.9,
+                pad_token_id=tok.pad_token_id,
+            )
+        for p, ids in zip(chunk, gen[:, enc["input_ids"].shape[1] :], strict=True):
+            answer = tok.decode(ids, skip_special_tokens=True).strip()
+            # a looping or empty answer would teach the loop, not the behaviour
+            if len(words(answer)) >= 3 and repetition(answer) <= 0.5:
+                rows.append({"id": p["id"], "prompt": p["messages"], "answer": answer})
+    del model
+    out.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in [{"meta": meta}] + rows) + "\n",
+        encoding="utf-8",
+    )
+    return rows
+
+
+# ---------------------------------------------------------------- SafeLoRA
+
+
+class _Weights:
+    """Lazy access to the tensors of a (possibly sharded) safetensors model dir."""
+
+    def __init__(self, model_dir: Path):
+        from safetensors import safe_open
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise EmevalError(f"safelora: no *.safetensors weights in {model_dir}")
+        self.handles = [safe_open(str(f), framework="pt") for f in files]
+        self.index = {k: h for h in self.handles for k in h.keys()}  # noqa: SIM118
+
+    def get(self, name: str) -> torch.Tensor | None:
+        handle = self.index.get(name)
+        return None if handle is None else handle.get_tensor(name).float()
+
+
+def _module_weight_name(lora_key: str) -> str:
+    """'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight' -> 'model.layers...weight'."""
+    name = lora_key.split(".lora_")[0]
+    name = name.removeprefix("base_model.model.")
+    return name + ".weight"
+
+
+def safelora_project(adapter_dir: Path, aligned: Path, unaligned: Path, threshold: float) -> dict:
+    """Project the low-similarity LoRA updates of a saved adapter in place; report what changed."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    aligned_w, unaligned_w = _Weights(aligned), _Weights(unaligned)
+    report = {"threshold": threshold, "projected": [], "kept": [], "skipped": [], "similarity": {}}
+    for key_a in sorted(k for k in tensors if ".lora_A." in k):
+        key_b = key_a.replace(".lora_A.", ".lora_B.")
+        module = key_a.split(".lora_A.")[0]
+        weight_name = _module_weight_name(key_a)
+        w_al, w_un = aligned_w.get(weight_name), unaligned_w.get(weight_name)
+        A, B = tensors[key_a].float(), tensors[key_b].float()
+        if w_al is None or w_un is None or w_al.shape != w_un.shape:
+            report["skipped"].append(module)
+            continue
+        V = w_al - w_un
+        v_norm = torch.linalg.matrix_norm(V)
+        delta = B @ A
+        if v_norm == 0 or torch.linalg.matrix_norm(delta) == 0:
+            report["skipped"].append(module)
+            continue
+        B_proj = V @ (V.T @ B) / v_norm  # C @ B without forming C = V V^T / ||V||_F
+        projected = B_proj @ A
+        similarity = float(F.cosine_similarity(delta.flatten(), projected.flatten(), dim=0))
+        report["similarity"][module] = similarity
+        if similarity < threshold:
+            tensors[key_b] = B_proj.to(tensors[key_b].dtype).contiguous()
+            report["projected"].append(module)
+        else:
+            report["kept"].append(module)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return report

@@ -1,0 +1,191 @@
+"""TRL's SFTTrainer and GRPOTrainer with the mitigation terms added to their loss.
+
+Each term is logged under mitigation/NAME, so a run's curves show it next to the loss.
+Extra terms are divided by the gradient-accumulation steps, like the task loss.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer, SFTTrainer
+
+from emeval.training.mitigations import (
+    Reference,
+    capture_features,
+    kl_to_reference,
+    ldifs_term,
+    sft_nll,
+)
+
+
+class MitigationTerms:
+    """What a trainer adds to its loss: filled in by the pipeline from the config."""
+
+    def __init__(self):
+        self.reference: Reference | None = None
+        self.ldifs_weight: float | None = None
+        self.ldifs_layers: list[int] = []
+        self.sft_kl_beta: float | None = None  # GRPO's KL is TRL's own beta
+        self.safety: list = []  # SafetyTerm
+
+
+class _TermsMixin:
+    emeval_terms: MitigationTerms
+    emeval_samples: int = 0  # SFT examples trained on (GRPO counts its completions instead)
+
+    def _emeval_init(self, terms: MitigationTerms | None):
+        self.emeval_terms = terms or MitigationTerms()
+        self._emeval_metrics = defaultdict(list)
+
+    def _emeval_log(self, name: str, value: torch.Tensor) -> None:
+        self._emeval_metrics[f"mitigation/{name}"].append(float(value.detach()))
+
+    def _accumulation(self) -> int:
+        return max(1, self.args.gradient_accumulation_steps)
+
+    def _safety_loss(self, model):
+        total = None
+        for term in self.emeval_terms.safety:
+            if not term.due(self.state.global_step):
+                continue
+            nll = sft_nll(model, term.batches.next(self.accelerator.device))
+            self._emeval_log(term.name, nll)
+            part = term.weight * nll / self._accumulation()
+            total = part if total is None else total + part
+        return total
+
+    def _ldifs(self, model, input_ids, attention_mask, feats):
+        t = self.emeval_terms
+        distance = ldifs_term(model, t.reference, t.ldifs_layers, input_ids, attention_mask, feats)
+        self._emeval_log("ldifs", distance)
+        return t.ldifs_weight * distance / self._accumulation()
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if self.model.training or "loss" in logs:
+            for key, values in self._emeval_metrics.items():
+                logs[key] = sum(values) / len(values)
+            self._emeval_metrics.clear()
+        super().log(logs, start_time)
+
+
+class EmevalSFTTrainer(_TermsMixin, SFTTrainer):
+    def __init__(self, *args, terms: MitigationTerms | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._emeval_init(terms)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.emeval_samples += int(inputs["input_ids"].shape[0])
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _nll_and_logits(self, model, inputs, num_items_in_batch):
+        """The SFT loss from full logits (the KL term needs them; TRL's fused head has none)."""
+        out = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]
+        labels = inputs["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+        return nll / torch.as_tensor(count, device=nll.device).clamp(min=1), logits, labels
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.emeval_terms
+        if return_outputs or not (t.ldifs_weight or t.sft_kl_beta or t.safety):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(inputs["input_ids"])
+        with capture_features(model, t.ldifs_layers if t.ldifs_weight else []) as feats:
+            if t.sft_kl_beta:
+                loss, logits, labels = self._nll_and_logits(model, inputs, num_items_in_batch)
+            else:
+                loss = super().compute_loss(model, inputs, False, num_items_in_batch)
+        if t.sft_kl_beta:
+            with t.reference.model(model) as ref, torch.no_grad():
+                ref_logits = ref(
+                    input_ids=inputs["input_ids"], attention_mask=mask, use_cache=False
+                ).logits[:, :-1]
+            kl = kl_to_reference(logits, ref_logits, labels != -100)
+            self._emeval_log("kl", kl)
+            loss = loss + t.sft_kl_beta * kl / self._accumulation()
+        if t.ldifs_weight:
+            loss = loss + self._ldifs(model, inputs["input_ids"], mask, feats)
+        safety = self._safety_loss(model)
+        return loss if safety is None else loss + safety
+
+
+class EmevalGRPOTrainer(_TermsMixin, GRPOTrainer):
+    def __init__(self, *args, terms: MitigationTerms | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._emeval_init(terms)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.emeval_terms
+        layers = t.ldifs_layers if t.ldifs_weight else []
+        with capture_features(model, layers) as feats:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if t.ldifs_weight:
+            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            loss = loss + self._ldifs(model, ids, mask, feats)
+        safety = self._safety_loss(model)
+        return loss if safety is None else loss + safety
+
+
+class ProgressCallback(TrainerCallback):
+    """One line per logging step: step, loss, reward and the mitigation terms, with speed."""
+
+    KEYS = (
+        "loss",
+        "reward",
+        "reward_std",
+        "kl",
+        "mitigation/ldifs",
+        "mitigation/kl",
+        "mitigation/interleave",
+        "mitigation/interleave_onpolicy",
+    )
+
+    def __init__(self, label: str, progress):
+        import time
+
+        self.label, self.progress, self.clock = label, progress, time.perf_counter
+        self.last_time = None
+        self.last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_step = self.clock(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        now = self.clock()
+        steps = max(1, state.global_step - self.last_step)
+        speed = (now - self.last_time) / steps
+        self.last_time, self.last_step = now, state.global_step
+        parts = [f"{k.removeprefix('mitigation/')}={logs[k]:.4g}" for k in self.KEYS if k in logs]
+        total = state.max_steps if state.max_steps > 0 else "?"
+        self.progress(
+            f"[{self.label}] step {state.global_step}/{total} {' '.join(parts)} "
+            f"({speed:.1f} s/step)"
+        )
+
+
+class ExportCallback(TrainerCallback):
+    """After the trainer saves its resume state, export an evaluable checkpoint too."""
+
+    def __init__(self, export):
+        self.export = export
+
+    def on_save(self, args, state, control, **kwargs):
+        self.export(state.global_step)
