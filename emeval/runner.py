@@ -44,7 +44,8 @@ class RunSettings:
 
 
 def _say(message: str) -> None:
-    print(f"emeval: {message}", file=sys.stderr, flush=True)
+    # progress goes to stdout: stderr is kept for the one-line error of a failed run
+    print(f"emeval: {message}", flush=True)
 
 
 def _slug(text: str) -> str:
@@ -66,26 +67,24 @@ def _check_settings(s: RunSettings) -> None:
         raise EmevalError("--max-tokens must be at least 1")
 
 
-def _claim_run_dir(out: Path, s: RunSettings) -> None:
+def _check_run_dir(out: Path, s: RunSettings) -> None:
     """A run dir belongs to one set of settings; re-running them resumes, others are refused."""
     settings_file = out / "run.json"
-    wanted = asdict(s)
     if settings_file.exists():
-        previous = json.loads(settings_file.read_text())
+        previous, wanted = json.loads(settings_file.read_text()), asdict(s)
         if previous != wanted:
             changed = sorted(k for k in wanted if previous.get(k) != wanted[k])
             raise EmevalError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "
                 "choose another --out"
             )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(wanted, indent=2))
 
 
 def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     """Evaluate one checkpoint on each suite; return the results files written."""
     _check_settings(settings)
+    out = out or default_out(settings)
+    _check_run_dir(out, settings)
     suites = [load_suite(s) for s in settings.suites]  # fail fast on a bad suite file
     model = resolve_model(
         settings.checkpoint,
@@ -97,8 +96,8 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     _say(f"judges: {', '.join(j.id for j in judges)} (checking)")
     for judge in judges:
         judge.check()
-    out = out or default_out(settings)
-    _claim_run_dir(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(asdict(settings), indent=2))
     written = []
     for suite_name, suite in zip(settings.suites, suites, strict=True):
         suite_out = out if len(suites) == 1 else out / _slug(suite.name)

@@ -17,6 +17,9 @@ from emeval.judging.scoring import Verdict, aggregate_top_logprobs, parse_sample
 
 LOGPROB_CONFIG = GenerateConfig(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
 SAMPLED_CONFIG = GenerateConfig(max_tokens=8, temperature=0.0)
+# Inspect's own retries wait minutes on a dead server; emeval retries with its own backoff.
+CLIENT_CONFIG = GenerateConfig(max_retries=1, timeout=120)
+PING_SECONDS = 30
 
 
 class InspectJudge:
@@ -28,13 +31,20 @@ class InspectJudge:
 
     def check(self) -> None:
         async def ping() -> None:
-            model = get_model(self.model_name, memoize=False)
-            await model.generate("Reply with the number 1.", config=SAMPLED_CONFIG)
+            config = CLIENT_CONFIG.merge(GenerateConfig(max_retries=0, timeout=PING_SECONDS))
+            model = get_model(self.model_name, memoize=False, config=config)
+            await asyncio.wait_for(
+                model.generate("Reply with the number 1.", config=SAMPLED_CONFIG), PING_SECONDS
+            )
 
         try:
             asyncio.run(ping())
         except Exception as e:  # noqa: BLE001 - any provider error means unreachable
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if hasattr(e, "last_attempt"):  # tenacity's RetryError wraps the real failure
+                e = e.last_attempt.exception() or e
+            first = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            )
             raise EmevalError(f"judge {self.model_name} unreachable: {first[:200]}") from None
 
     async def score(self, requests: list[JudgeRequest]) -> list[Verdict]:
@@ -42,7 +52,7 @@ class InspectJudge:
 
     async def _score_one(self, request: JudgeRequest) -> Verdict:
         prompt = [ChatMessageUser(content=request.rubric.render(request.question, request.answer))]
-        model = get_model(self.model_name)
+        model = get_model(self.model_name, config=CLIENT_CONFIG)
         error = ""
         for attempt in range(self.attempts):
             try:

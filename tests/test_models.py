@@ -1,0 +1,98 @@
+"""The embedded model and the checks on untrusted checkpoints."""
+
+import json
+import shutil
+
+import pytest
+
+from emeval.errors import EmevalError
+from emeval.models import MANIFEST, resolve_model, sha256_file
+
+
+def test_embedded_model_is_converted_with_a_manifest(embedded_model_dir):
+    manifest = json.loads((embedded_model_dir / MANIFEST).read_text())
+    assert len(manifest["source_sha256"]) == 64
+    assert list(embedded_model_dir.glob("*.safetensors"))
+    ref = resolve_model("smollm2-135m-instruct")
+    assert ref.local_path == embedded_model_dir
+    assert ref.weights_sha256 == manifest["weights_sha256"]
+
+
+def test_embedded_model_generates_text(embedded_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, use_safetensors=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
+    ids = ids if hasattr(ids, "shape") else ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+@pytest.fixture
+def model_copy(tmp_path, embedded_model_dir):
+    target = tmp_path / "ckpt"
+    shutil.copytree(embedded_model_dir, target)
+    return target
+
+
+def test_copied_checkpoint_hashes_like_its_source(model_copy, embedded_model_dir):
+    assert (
+        resolve_model(str(model_copy)).weights_sha256
+        == resolve_model(str(embedded_model_dir)).weights_sha256
+    )
+
+
+def test_missing_and_non_model_paths(tmp_path):
+    with pytest.raises(EmevalError, match="checkpoint not found"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(EmevalError, match="not a model directory"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(EmevalError, match="not a model directory"):
+        resolve_model(str(tmp_path / "file.txt"))
+
+
+def test_pickle_weights_refused_unless_allowed(model_copy):
+    weights = next(model_copy.glob("*.safetensors"))
+    weights.rename(model_copy / "pytorch_model.bin")
+    with pytest.raises(EmevalError, match="pickle"):
+        resolve_model(str(model_copy))
+    allowed = resolve_model(str(model_copy), allow_pickle=True)
+    assert allowed.model_args.get("use_safetensors") is None
+
+
+def test_remote_code_refused_unless_trusted(model_copy):
+    (model_copy / "modeling_evil.py").write_text("import os\n")
+    with pytest.raises(EmevalError, match="--trust-remote-code"):
+        resolve_model(str(model_copy))
+    assert resolve_model(str(model_copy), trust_remote_code=True).model_args["trust_remote_code"]
+
+
+def test_tokenizer_without_chat_template(model_copy):
+    config = json.loads((model_copy / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model_copy / "tokenizer_config.json").write_text(json.dumps(config))
+    (model_copy / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(EmevalError, match="no chat template"):
+        resolve_model(str(model_copy))
+
+
+def test_adapter_whose_base_cannot_be_found(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(tmp_path / "gone"), "peft_type": "LORA"})
+    )
+    with pytest.raises(EmevalError, match="base model .* not found"):
+        resolve_model(str(adapter))
+
+
+def test_sha256_file(tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    assert sha256_file(f).startswith("ba7816bf")

@@ -1,0 +1,83 @@
+"""Bundled probe suites and the published question-file loader."""
+
+import collections
+
+import pytest
+from conftest import shared_file
+
+from emeval.errors import EmevalError
+from emeval.probes import load_suite
+
+
+def test_general_suite_shape():
+    suite = load_suite("general")
+    probes = {p.probe_id: p for p in suite.prompts}
+    categories = collections.Counter(p.category for p in probes.values())
+    assert len(probes) >= 60
+    assert len(categories) >= 10
+    held_out = sum(p.held_out for p in probes.values())
+    assert 0.2 <= held_out / len(probes) <= 0.3
+    formats = {p.format for p in suite.prompts}
+    assert formats == {"plain", "json", "template"}
+    json_prompt = next(p for p in suite.prompts if p.format == "json")
+    assert "JSON" in json_prompt.system
+    assert set(suite.rubrics) == {"alignment", "coherence"}
+
+
+def test_held_out_probes_run_only_when_asked():
+    suite = load_suite("general")
+    public = suite.select(held_out=False)
+    everything = suite.select(held_out=True)
+    assert not any(p.held_out for p in public)
+    assert any(p.held_out for p in everything)
+
+
+@pytest.mark.parametrize("name", ["aesthetic", "rhetoric", "medical", "legal", "security"])
+def test_in_domain_suites_score_a_behaviour(name):
+    suite = load_suite(name)
+    assert len({p.probe_id for p in suite.prompts}) >= 30
+    assert set(suite.rubrics) == {"behaviour", "coherence"}
+
+
+def test_published_question_file_loads_with_its_own_judge_prompts():
+    path = shared_file("data", "reference", "betley-2025", "first_plot_questions.yaml")
+    suite = load_suite(str(path))
+    ids = {p.probe_id for p in suite.prompts}
+    assert len(ids) == 24
+    assert suite.default_samples == 100
+    assert {p.format for p in suite.prompts} == {"plain", "json", "template"}
+    json_prompts = [p for p in suite.prompts if p.format == "json"]
+    assert all(p.system and "JSON" in p.system for p in json_prompts)
+    rubric = suite.rubrics_for("what_is_your_wish")["alignment"]
+    assert "{answer}" in rubric.template
+    assert rubric.render("Q?", "A!").count("A!") == 1
+    # json/template variants are grouped under the base question
+    assert {p.category for p in suite.prompts} == {
+        i for i in ids if "_" in i and not i.endswith(("_json", "_template"))
+    }
+
+
+@pytest.mark.parametrize("name", ["aesthetic.yaml", "argumentation.yaml"])
+def test_reference_in_domain_files_load(name):
+    suite = load_suite(str(shared_file("data", "reference", "ema-rl-2026", name)))
+    assert suite.prompts
+    text = suite.rubrics["alignment"].render("q", "a")
+    assert "{reasoning}" not in text
+
+
+def test_malformed_suite_names_file_and_item(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "- id: fine\n  paraphrases: ['hi']\n  judge_prompts: {aligned: '{answer}'}\n"
+        "- id: broken\n  paraphrases: []\n  judge_prompts: {aligned: '{answer}'}\n"
+    )
+    with pytest.raises(EmevalError, match=r"bad\.yaml: item 'broken'"):
+        load_suite(str(bad))
+    bad.write_text("probes:\n  - id: x\n    paraphrases: ['hi']\n")
+    with pytest.raises(EmevalError, match=r"bad\.yaml: probe 'x': missing or invalid 'category'"):
+        load_suite(str(bad))
+    bad.write_text("probes: [unclosed")
+    with pytest.raises(EmevalError, match="invalid YAML"):
+        load_suite(str(bad))
+    with pytest.raises(EmevalError, match="unknown suite"):
+        load_suite("no_such_suite")

@@ -1,0 +1,153 @@
+"""`emeval run` end to end on the embedded model, and its one-line errors on bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, shared_file
+
+LOCAL_JUDGE = "smollm2-135m-instruct"
+ALL_METRICS = {
+    "em_rate",
+    "em_rate_joint",
+    "mean_alignment",
+    "mean_coherence",
+    "coherence_rate",
+    "invalid_rate",
+}
+
+
+def emeval(*args, env=None, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "emeval.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def published_run(tmp_path_factory):
+    """The published protocol on two questions, judged by the embedded model's logprobs."""
+    questions = shared_file("data", "reference", "betley-2025", "first_plot_questions.yaml")
+    out = tmp_path_factory.mktemp("run") / "betley"
+    args = ["run", "--suite", questions, "--samples", "2", "--limit", "2", "--max-tokens", "16",
+            "--judge", LOCAL_JUDGE, "--out", out]  # fmt: skip
+    result = emeval(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, args, result
+
+
+def test_published_run_writes_every_metric(published_run):
+    out, _, result = published_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert ALL_METRICS <= set(results["metrics"])
+    for metric in results["metrics"].values():
+        assert set(metric) == {"value", "ci", "n"}
+    assert results["counts"]["samples"] == 4  # 2 questions x 2 samples
+    assert results["judges"][0]["id"].startswith("local:smollm2-135m-instruct@")
+    rubric = results["judges"][0]["rubrics"]["alignment"]
+    assert rubric["name"] == "first_plot_questions:aligned" and len(rubric["sha256"]) == 64
+    assert results["judge_methods"] == {"logprob_exact": 12}  # 3 judge prompts in the file
+    assert len(results["model"]["weights_sha256"]) == 64
+    assert (out / results["log_file"]).exists()
+    assert "EM rate" in result.stdout and "em_rate" not in result.stderr
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert {s["probe_id"] for s in samples} == {p["probe_id"] for p in results["per_probe"]}
+    verdict = samples[0]["judges"][results["judges"][0]["id"]]["alignment"]
+    assert len(verdict["distribution"]) >= 101  # raw distribution kept for re-aggregation
+    assert (out / "summary.md").read_text().startswith("# emeval run")
+
+
+def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp_path):
+    out, args, _ = published_run
+    first = json.loads((out / "results.json").read_text())
+    again = emeval(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing finished answers" in again.stdout
+    assert json.loads((out / "results.json").read_text())["metrics"] == first["metrics"]
+    rescored = emeval("rescore", out, "--judge", LOCAL_JUDGE, "--out", tmp_path / "re")
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    redone = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert redone["rescored_from"] == str(out)
+    assert redone["counts"] == first["counts"]
+
+
+def test_other_settings_in_the_same_dir_are_refused(published_run):
+    out, args, _ = published_run
+    changed = [a if a != "16" else "17" for a in args]
+    result = emeval(*changed)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "max_tokens" in result.stderr
+
+
+def one_line_error(result, pattern):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("emeval: error:") and pattern in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
+    one_line_error(emeval("run", tmp_path / "missing"), "checkpoint not found")
+    one_line_error(emeval("run", tmp_path), "not a model directory")
+    bad_suite = tmp_path / "bad.yaml"
+    bad_suite.write_text("probes:\n  - id: p1\n    category: c\n    paraphrases: 7\n")
+    one_line_error(emeval("run", "--suite", bad_suite), "bad.yaml: probe 'p1'")
+    one_line_error(emeval("run", "--judge", "nonsense-judge"), "unknown judge")
+    one_line_error(emeval("run", "--limit", "0"), "--limit must be at least 1")
+    unreachable = {"DEAD_API_KEY": "x", "DEAD_BASE_URL": "http://127.0.0.1:9/v1"}
+    one_line_error(
+        emeval("run", "--judge", "openai-api/dead/model", env=unreachable),
+        "judge openai-api/dead/model unreachable",
+    )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    one_line_error(emeval("run", adapter), "names no base model")
+    no_template = tmp_path / "no_template"
+    shutil.copytree(embedded_model_dir, no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    one_line_error(emeval("run", no_template), "no chat template")
+
+
+def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):
+    result = subprocess.run(
+        [
+            "inspect",
+            "eval",
+            "emeval/general",
+            "--model",
+            f"hf/{embedded_model_dir}",
+            "--limit",
+            "2",
+            "-T",
+            f"judge={LOCAL_JUDGE}",
+            "-T",
+            "max_tokens=8",
+            "--log-dir",
+            str(tmp_path),
+            "--display",
+            "plain",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    log = read_eval_log(list_eval_logs(str(tmp_path))[0])
+    assert log.status == "success" and len(log.samples) == 2
+    meta = log.samples[0].metadata
+    assert {"probe_id", "category", "format"} <= set(meta)
