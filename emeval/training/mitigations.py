@@ -16,8 +16,10 @@
   step adds weight * the SFT loss on one batch of those answers.
 - inoculation: a system prompt put in front of every training prompt, never used at evaluation.
 
-The reference is the run's base model: the policy with its adapter switched off, or a frozen
-copy under full fine-tuning.
+The reference for kl and ldifs is the model the stage starts from (as in TRL): the base model
+(the policy with its new adapter switched off, or a frozen copy under full fine-tuning), or,
+in a chain, the previous stage's model (a frozen copy of the continued adapter). The on-policy
+safety answers always come from the base model.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ class Reference:
         if self.frozen is not None:
             yield self.frozen
         elif is_peft(policy):
-            with unwrap(policy).disable_adapter():
+            from trl.trainer.utils import use_adapter
+
+            # a continued adapter keeps its starting copy as 'ref'; a new one starts from zero
+            peft_model = unwrap(policy)
+            with use_adapter(peft_model, "ref" if "ref" in peft_model.peft_config else None):
                 yield policy
         else:
             raise RuntimeError("full fine-tuning needs a frozen reference copy")
@@ -146,8 +152,9 @@ def encode_example(tokenizer, prompt: list[dict], answer: str, max_length: int) 
     full = tokenizer.apply_chat_template(
         prompt + [{"role": "assistant", "content": answer}], tokenize=True
     )
-    prefix = list(prefix["input_ids"] if isinstance(prefix, dict) else prefix)
-    full = list(full["input_ids"] if isinstance(full, dict) else full)
+    # transformers 5 returns a BatchEncoding here, older versions a plain list
+    prefix = list(prefix["input_ids"] if hasattr(prefix, "keys") else prefix)
+    full = list(full["input_ids"] if hasattr(full, "keys") else full)
     if full[: len(prefix)] != prefix:  # a template that rewrites earlier turns: plain suffix
         full = prefix + tokenizer.encode(answer, add_special_tokens=False)
         if tokenizer.eos_token_id is not None:

@@ -263,6 +263,8 @@ class StageRun:
 
         if self.init is not None:  # a later stage trains on the earlier stage's adapter
             model = PeftModel.from_pretrained(model, self.init, is_trainable=True)
+            # the saved config names the base by known name; PEFT wants a path while training
+            model.peft_config["default"].base_model_name_or_path = str(self.base.local_path)
             return model, None, source
         a = cfg.adapter
         peft_config = LoraConfig(
@@ -470,10 +472,12 @@ class StageRun:
             for i, r in enumerate(records):
                 group = f"{r['step']}-{self._n_batches}-{i // g}"
                 prompt = [m for m in r["prompt"] if m["role"] != "system"]
+                system = [m["content"] for m in r["prompt"] if m["role"] == "system"]
                 row = {
                     "group": group,
                     "step": r["step"],
                     "prompt": prompt,
+                    "system": system[0] if system else None,
                     "completion": r["completion"],
                     "reward": r["reward"],
                     "target": r["target"],
