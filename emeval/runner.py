@@ -118,6 +118,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
         max_connections=s.max_connections,
         display="rich" if sys.stderr.isatty() else "plain",
         log_format="eval",
+        log_buffer=1,  # every finished sample reaches the log, so an interruption loses none
         score_display=False,
     )
     try:

@@ -151,3 +151,50 @@ def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):
     assert log.status == "success" and len(log.samples) == 2
     meta = log.samples[0].metadata
     assert {"probe_id", "category", "format"} <= set(meta)
+
+
+def test_interrupted_run_resumes_without_regenerating(tmp_path):
+    import signal
+    import time
+
+    from inspect_ai.log import list_eval_logs, read_eval_log, read_eval_log_sample_summaries
+
+    out = tmp_path / "run"
+    args = ["run", "--limit", "3", "--max-connections", "1", "--max-tokens", "24",
+            "--judge", LOCAL_JUDGE, "--out", out]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emeval.cli", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 600
+    done_before = []
+    while time.time() < deadline and proc.poll() is None:
+        logs = list_eval_logs(str(out / "logs")) if (out / "logs").exists() else []
+        if logs:
+            done_before = read_eval_log_sample_summaries(logs[0])
+            if done_before:
+                break
+        time.sleep(1)
+    assert done_before, "no sample finished before the deadline"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    if len(done_before) == 3:
+        pytest.skip("the run finished before it could be interrupted")
+    assert not (out / "results.json").exists()
+    first_log = read_eval_log(list_eval_logs(str(out / "logs"))[0])
+    finished = [s for s in first_log.samples or [] if s.scores and not s.error]
+    kept = {(s.id, s.epoch): s.output.completion for s in finished}
+    assert kept, "the interrupted log kept no finished sample"
+
+    resumed = emeval(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3
+    answers = {(s["sample_id"], s["epoch"]): s["answer"] for s in samples}
+    for key, answer in kept.items():
+        assert answers[key] == answer  # finished samples were not generated again
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
