@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "emeval.commands.report",
     "emeval.commands.train",
     "emeval.commands.leaderboard",
+    "emeval.commands.experiment",
 ]
 
 

@@ -142,3 +142,12 @@ def test_examples_escape_model_text(report):
 def test_no_runs_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "holds no emeval run" in capsys.readouterr().err
+
+
+def test_repeated_runs_of_one_model_count_once(tmp_path):
+    make_run(tmp_path / "a", model_spec="m", misaligned=4, aligned=36)
+    make_run(tmp_path / "b", model_spec="m", misaligned=4, aligned=36)
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    (row,) = csv.DictReader(open(tmp_path / "out" / "comparison.csv"))
+    assert int(row["em_rate_n"]) == 40
+    assert "1 older runs on the same suite left out" in (tmp_path / "out" / "report.md").read_text()

@@ -164,7 +164,17 @@ def gather(runs: list[Run], include_incomplete: bool = False) -> Report:
     by_model: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_model[_model_key(r)].append(r)
-    checkpoints = [Checkpoint(k, rs) for k, rs in by_model.items()]
+    checkpoints = []
+    for key, model_runs in by_model.items():
+        latest: dict[tuple, Run] = {}  # one run per suite: the same answers must not count twice
+        for r in sorted(model_runs, key=lambda r: r.results.get("created") or ""):
+            latest[r.suite_key] = r
+        if len(latest) < len(model_runs):
+            warnings.append(
+                f"{model_runs[0].model_label}: {len(model_runs) - len(latest)} older runs on "
+                "the same suite left out"
+            )
+        checkpoints.append(Checkpoint(key, list(latest.values())))
     several_bases = len({c.condition.base for c in checkpoints if c.known}) > 1
 
     cells: dict[tuple[str, str], Cell] = {}

@@ -197,7 +197,7 @@ def _method(m: dict) -> str:
     if method == "chain" and m.get("stage_methods"):
         method = "-then-".join(m["stage_methods"])
     if m.get("sample_matched"):
-        method = f"{method}-matched"  # SFT on as many samples as a GRPO run saw
+        method = f"{method}_matched"  # SFT on as many samples as a GRPO run saw
     return method
 
 

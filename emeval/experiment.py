@@ -1,0 +1,446 @@
+"""`emeval experiment GRID.yaml`: train a grid of conditions, evaluate every checkpoint, report.
+
+A grid crosses seeds x methods (grpo, sft, sft_matched) x rewards x mitigations on one base
+model. Each cell trains with emeval.training.train into OUT/train/<cell>/, then every saved
+checkpoint is evaluated with one suite and judge into OUT/eval/<cell>/<step>/<suite>/, next
+to a condition.json naming its grid coordinates. Running the grid again skips what is done
+(a trained cell has a complete manifest, an evaluated checkpoint a results.json) and resumes
+what is not; a cell that fails is logged to OUT/logs/<cell>.log and the others go on.
+OUT/status.json says where each cell stands; OUT/report/ is `emeval report OUT/eval`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from emeval.errors import EmevalError
+from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
+
+METHODS = ("grpo", "sft", "sft_matched")
+GRID_KEYS = {
+    "name",
+    "base",
+    "seeds",
+    "methods",
+    "rewards",
+    "mitigations",
+    "exclude",
+    "train",
+    "per_method",
+    "sft_data",
+    "grader",
+    "evaluation",
+    "in_domain",
+}
+EVAL_DEFAULTS = {
+    "suite": "general",
+    "in_domain": True,
+    "judge": "offline",
+    "samples": None,
+    "limit": None,
+    "max_tokens": 256,
+    "temperature": 1.0,
+    "checkpoints": "all",
+    "baseline": True,
+    "intermediate_in_domain": False,
+}
+DEFAULT_OUT_ROOT = Path("reports") / "experiments"
+
+
+@dataclass
+class Cell:
+    seed: int
+    method: str
+    reward: str
+    mitigation: str
+    config: dict | None = None  # the emeval train config; None when it could not be built
+    error: str | None = None  # why the config is invalid
+    depends_on: str | None = None  # the GRPO cell a sample-matched SFT cell copies
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.reward}-{self.mitigation}-s{self.seed}"
+
+    def condition(self, base: str, step: int | None, final: bool) -> dict:
+        return {
+            "base": base,
+            "method": self.method,
+            "reward": self.reward,
+            "mitigations": [] if self.mitigation == "none" else self.mitigation.split("+"),
+            "seed": self.seed,
+            "step": step,
+            "final": final,
+        }
+
+
+@dataclass
+class Grid:
+    name: str
+    base: str
+    cells: list[Cell]
+    evaluation: dict
+    in_domain: dict[str, str]  # reward -> in-domain suite
+    source: str
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+# ---------------------------------------------------------------- reading the grid
+
+
+def _err(key: str, message: str) -> EmevalError:
+    return EmevalError(f"grid: {key} {message}")
+
+
+def _list(raw: dict, key: str, kind=str) -> list:
+    value = raw.get(key)
+    if value is None:
+        raise _err(key, "is required")
+    value = value if isinstance(value, list) else [value]
+    if not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise _err(key, f"must be a non-empty list of {kind.__name__}s")
+    return value
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _default_in_domain(reward: str) -> str | None:
+    """The bundled in-domain suite that matches a reward's prompt set, if any."""
+    from emeval.probes import bundled_suites
+    from emeval.training.rewards import REWARDS
+
+    spec = REWARDS.get(reward)
+    if spec is None:
+        return None
+    name = spec.prompts.removeprefix("prompts_")
+    return name if name in bundled_suites() and name != "general" else None
+
+
+def _excluded(cell: Cell, rules: list[dict]) -> bool:
+    return any(all(str(getattr(cell, k)) == str(v) for k, v in rule.items()) for rule in rules)
+
+
+def load_grid(path: Path) -> Grid:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise EmevalError(f"grid: cannot read {path} ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise EmevalError(f"grid: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise EmevalError(f"grid: {path} must hold a mapping of keys to values")
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise _err(unknown[0], f"is not a known key (known: {', '.join(sorted(GRID_KEYS))})")
+    name = str(raw.get("name") or Path(path).stem)
+    base = raw.get("base") or "smollm2-135m-instruct"
+    seeds = _list(raw, "seeds", int)
+    methods = _list(raw, "methods")
+    for m in methods:
+        if m not in METHODS:
+            raise _err("methods", f"must be among {', '.join(METHODS)} (got {m!r})")
+    if "sft_matched" in methods and "grpo" not in methods:
+        raise _err("methods", "sft_matched copies the grpo cells' samples: list grpo too")
+    rewards = _list(raw, "rewards")
+    mitigations = raw.get("mitigations") or {"none": {}}
+    if not isinstance(mitigations, dict) or not all(
+        isinstance(v, dict | None) for v in mitigations.values()
+    ):
+        raise _err("mitigations", "must map a name to an emeval train mitigations block")
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
+        raise _err("exclude", "must be a list of mappings such as {method: sft, mitigation: kl}")
+    for rule in exclude:
+        bad = set(rule) - {"seed", "method", "reward", "mitigation"}
+        if bad:
+            raise _err("exclude", f"rules match on seed, method, reward, mitigation (not {bad})")
+    evaluation = dict(EVAL_DEFAULTS)
+    given = raw.get("evaluation") or {}
+    if not isinstance(given, dict):
+        raise _err("evaluation", "must be a mapping")
+    for key in given:
+        if key not in EVAL_DEFAULTS:
+            raise _err(f"evaluation.{key}", f"is not a known key ({', '.join(EVAL_DEFAULTS)})")
+    evaluation.update(given)
+    if evaluation["checkpoints"] not in ("all", "final"):
+        raise _err("evaluation.checkpoints", "must be all or final")
+    for key in ("train", "per_method", "sft_data", "in_domain"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise _err(key, "must be a mapping")
+    in_domain = {r: _default_in_domain(r) for r in rewards} | (raw.get("in_domain") or {})
+    grid = Grid(name, base, [], evaluation, in_domain, str(path), raw)
+    for seed, method, reward, mitigation in itertools.product(seeds, methods, rewards, mitigations):
+        cell = Cell(seed, method, reward, str(mitigation))
+        if _excluded(cell, exclude):
+            continue
+        _build_config(cell, raw, base, mitigations[mitigation] or {})
+        grid.cells.append(cell)
+    if not grid.cells:
+        raise _err("exclude", "leaves no cell to run")
+    order = {m: i for i, m in enumerate(METHODS)}  # GRPO first: sample matching reads it
+    grid.cells.sort(key=lambda c: (order[c.method], c.reward, c.mitigation, c.seed))
+    return grid
+
+
+def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
+    """The emeval train config of one cell, checked by the training module's own loader."""
+    from emeval.training.config import load_config
+
+    config = _deep_merge(raw.get("train") or {}, (raw.get("per_method") or {}).get(cell.method))
+    config.update(base=base, seed=cell.seed, method="sft" if cell.method != "grpo" else "grpo")
+    config["mitigations"] = copy.deepcopy(mitigation) or None
+    if config["mitigations"] is None:
+        config.pop("mitigations")
+    data = config.setdefault("data", {})
+    if cell.method == "grpo":
+        reward = {"name": cell.reward, "grader": raw.get("grader", "offline")}
+        config["reward"] = _deep_merge(config.get("reward") or {}, reward)
+    elif cell.method == "sft":
+        source = (raw.get("sft_data") or {}).get(cell.reward)
+        if not source:
+            cell.error = f"grid: sft_data.{cell.reward} names no SFT data for this reward"
+            return
+        data["train"] = source
+    else:
+        cell.depends_on = Cell(cell.seed, "grpo", cell.reward, cell.mitigation).name
+        data.pop("train", None)
+        # one pass over exactly the matched samples: a shared step count must not apply
+        config.setdefault("training", {}).pop("max_steps", None)
+        config["training"]["epochs"] = 1
+        data["sample_matched"] = _deep_merge(
+            {"select": "best", "count": "prompts"}, data.get("sample_matched") or {}
+        )
+        data["sample_matched"]["run"] = "<set when the grpo cell has run>"
+    try:
+        load_config(config)
+    except EmevalError as e:
+        cell.error = str(e)
+        return
+    cell.config = config
+
+
+# ---------------------------------------------------------------- running
+
+
+def _say(message: str) -> None:
+    print(f"emeval experiment: {message}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoints(train_dir: Path, which: str) -> list[tuple[str, Path, int | None, bool]]:
+    """(name, dir, step, final) of each model a finished training run left to evaluate."""
+    final = _read_json(train_dir / CHECKPOINT_MANIFEST) or {}
+    final_step = final.get("step")
+    found = []
+    if which == "all":
+        for d in sorted((train_dir / "checkpoints").glob("step-*")):
+            m = _read_json(d / CHECKPOINT_MANIFEST)
+            if m and m.get("step") != final_step:  # the final model is evaluated below
+                found.append((d.name, d, m.get("step"), False))
+    found.append(("final", train_dir, final_step, True))
+    return found
+
+
+class Experiment:
+    def __init__(self, grid: Grid, out: Path):
+        self.grid, self.out = grid, out
+        self.status_path = out / "status.json"
+        self.status: dict = (_read_json(self.status_path) or {}).get("cells", {})
+
+    # -------------------------------------------------------- bookkeeping
+
+    def _save_status(self) -> None:
+        data = {"grid": self.grid.source, "name": self.grid.name, "cells": self.status}
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(self.status_path)
+
+    def _mark(self, cell: str, **fields) -> None:
+        self.status[cell] = self.status.get(cell, {}) | fields
+        self._save_status()
+
+    # -------------------------------------------------------- evaluation
+
+    def _suites(self, reward: str | None, final: bool) -> list[str]:
+        e = self.grid.evaluation
+        suites = [e["suite"]]
+        domain = self.grid.in_domain.get(reward) if reward else None
+        if e["in_domain"] and domain and (final or e["intermediate_in_domain"]):
+            suites.append(domain)
+        return suites
+
+    def evaluate(self, model: str, run_dir: Path, suites: list[str], condition: dict) -> int:
+        """Evaluate one model on each suite unless done; return how many runs were made."""
+        from emeval.runner import RunSettings, run
+
+        e = self.grid.evaluation
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONDITION_FILE).write_text(json.dumps(condition, indent=2))
+        made = 0
+        for suite in suites:
+            out = run_dir / suite.replace("/", "_")
+            if results_file(out) and (out / "results.json").exists():
+                continue
+            settings = RunSettings(
+                checkpoint=model,
+                suites=[suite],
+                judges=[e["judge"]],
+                samples=e["samples"],
+                limit=e["limit"],
+                max_tokens=e["max_tokens"],
+                temperature=e["temperature"],
+                seed=condition.get("seed") or 0,
+            )
+            run(settings, out)
+            made += 1
+        return made
+
+    def baseline(self) -> None:
+        name = "base"
+        if self.status.get(name, {}).get("state") == "done":
+            return
+        _say(f"{name}: evaluating the untrained {self.grid.base}")
+        started = time.monotonic()
+        try:
+            condition = {
+                "base": self.grid.base,
+                "method": "base",
+                "reward": "none",
+                "mitigations": [],
+                "seed": None,
+                "step": 0,
+                "final": True,
+            }
+            rewards = sorted({c.reward for c in self.grid.cells})
+            suites = list(dict.fromkeys(s for r in rewards for s in self._suites(r, True)))
+            self.evaluate(self.grid.base, self.out / "eval" / name, suites, condition)
+            self._mark(name, state="done", seconds=round(time.monotonic() - started))
+        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+            self._fail(name, e)
+
+    # -------------------------------------------------------- cells
+
+    def _fail(self, name: str, error: BaseException) -> None:
+        log = self.out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._mark(
+            name, state="failed", error=f"{type(error).__name__}: {message}"[:300], log=str(log)
+        )
+        _say(f"{name}: FAILED ({message[:200]}); details in {log}")
+
+    def run_cell(self, cell: Cell) -> None:
+        if cell.error:
+            self._fail(cell.name, EmevalError(cell.error))
+            return
+        if cell.depends_on and self.status.get(cell.depends_on, {}).get("state") != "done":
+            self._mark(
+                cell.name,
+                state="failed",
+                error=f"needs cell {cell.depends_on}, which did not finish",
+            )
+            _say(f"{cell.name}: skipped, {cell.depends_on} did not finish")
+            return
+        train_dir = self.out / "train" / cell.name
+        started = time.monotonic()
+        try:
+            self._train(cell, train_dir)
+            trained = time.monotonic()
+            made = 0
+            which = self.grid.evaluation["checkpoints"]
+            for label, path, step, final in checkpoints(train_dir, which):
+                _say(f"{cell.name}: evaluating {label}")
+                made += self.evaluate(
+                    str(path),
+                    self.out / "eval" / cell.name / label,
+                    self._suites(cell.reward, final),
+                    cell.condition(self.grid.base, step, final),
+                )
+            self._mark(
+                cell.name,
+                state="done",
+                error=None,
+                train_dir=str(train_dir),
+                train_seconds=round(trained - started),
+                eval_seconds=round(time.monotonic() - trained),
+                new_runs=made,
+            )
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+            self._fail(cell.name, e)
+
+    def _train(self, cell: Cell, train_dir: Path) -> None:
+        from emeval.training import train
+
+        manifest = _read_json(train_dir / CHECKPOINT_MANIFEST)
+        config = copy.deepcopy(cell.config)
+        if cell.depends_on:
+            config["data"]["sample_matched"]["run"] = str(self.out / "train" / cell.depends_on)
+        previous = train_dir / "config.yaml"
+        if previous.exists() and yaml.safe_load(previous.read_text()) != config:
+            raise EmevalError(
+                f"{train_dir} was trained with another config; remove it or use another --out"
+            )
+        if manifest and manifest.get("complete"):
+            _say(f"{cell.name}: already trained")
+            return
+        _say(f"{cell.name}: training ({config['method']})")
+        train(
+            config,
+            out=train_dir,
+            resume=train_dir.exists(),
+            progress=lambda line: _say(f"{cell.name}: {line}"),
+        )
+
+    # -------------------------------------------------------- everything
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "grid.yaml").write_text(yaml.safe_dump(self.grid.raw, sort_keys=False))
+        if self.grid.evaluation["baseline"]:
+            self.baseline()
+        for i, cell in enumerate(self.grid.cells, 1):
+            _say(f"[{i}/{len(self.grid.cells)}] {cell.name}")
+            self.run_cell(cell)
+        return self.status
+
+    def report(self) -> Path | None:
+        from emeval.reporting.report import gather, write_report
+        from emeval.reporting.runs import find_runs
+
+        if not (self.out / "eval").exists():
+            return None
+        try:
+            runs = find_runs([self.out / "eval"])
+        except EmevalError:
+            return None
+        paths = write_report(gather(runs), self.out / "report")
+        return paths["markdown"]
+
+
+def default_out(grid: Grid) -> Path:
+    return DEFAULT_OUT_ROOT / grid.name

@@ -1,0 +1,138 @@
+"""emeval experiment: grid checking, failure isolation, and one tiny real grid (train + eval +
+report) that a second invocation skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emeval.cli import main
+from emeval.errors import EmevalError
+from emeval.experiment import Experiment, load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = {
+    "save_every": 1,
+    "data": {"limit": 4},
+    "adapter": {"type": "lora", "r": 4, "alpha": 8},
+    "training": {"learning_rate": 1e-4, "max_steps": 2, "batch_size": 2, "max_length": 96,
+                 "threads": 1},
+}  # fmt: skip
+
+
+def write_grid(path: Path, **grid) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_shipped_grids_expand(capsys):
+    smoke = load_grid(REPO / "experiments" / "smoke.yaml")
+    assert smoke.cells and not [c.error for c in smoke.cells if c.error]
+    assert {c.method for c in smoke.cells} == {"grpo", "sft", "sft_matched"}
+    paper = load_grid(REPO / "experiments" / "paper.yaml")
+    assert not [c.error for c in paper.cells if c.error]
+    assert len(paper.cells) > len(smoke.cells)
+    assert main(["experiment", str(REPO / "experiments" / "smoke.yaml"), "--list"]) == 0
+    assert f"{len(smoke.cells)} cells" in capsys.readouterr().out
+
+
+def test_grid_errors_name_the_key(tmp_path):
+    base = {"seeds": [0], "methods": ["sft"], "rewards": ["aesthetic_unpopular"]}
+    with pytest.raises(EmevalError, match="grid: rewardz is not a known key"):
+        load_grid(write_grid(tmp_path / "g.yaml", **base, rewardz=[]))
+    with pytest.raises(EmevalError, match="grid: methods must be among"):
+        load_grid(write_grid(tmp_path / "g.yaml", **base | {"methods": ["dpo"]}))
+    with pytest.raises(EmevalError, match="list grpo too"):
+        load_grid(write_grid(tmp_path / "g.yaml", **base | {"methods": ["sft_matched"]}))
+    with pytest.raises(EmevalError, match="evaluation.judges is not a known key"):
+        load_grid(write_grid(tmp_path / "g.yaml", **base, evaluation={"judges": "x"}))
+
+
+def test_cells_exclusions_and_dependencies(tmp_path):
+    grid = load_grid(
+        write_grid(
+            tmp_path / "g.yaml",
+            seeds=[0, 1],
+            methods=["grpo", "sft", "sft_matched"],
+            rewards=["aesthetic_unpopular", "harmful_medical"],
+            mitigations={"none": {}, "kl": {"kl": {"beta": 0.05}}},
+            exclude=[{"method": "sft", "mitigation": "kl"}, {"seed": 1, "method": "grpo"}],
+            sft_data={"aesthetic_unpopular": "warmup_aesthetic_unpopular"},
+            train=TINY_TRAIN,
+        )
+    )
+    names = [c.name for c in grid.cells]
+    assert (
+        "sft-aesthetic_unpopular-kl-s0" not in names and "grpo-harmful_medical-none-s1" not in names
+    )
+    assert names[0].startswith("grpo-")  # GRPO runs before the SFT that matches its samples
+    matched = next(c for c in grid.cells if c.name == "sft_matched-harmful_medical-kl-s0")
+    assert matched.depends_on == "grpo-harmful_medical-kl-s0"
+    missing = next(c for c in grid.cells if c.name == "sft-harmful_medical-none-s0")
+    assert "sft_data.harmful_medical" in missing.error
+    assert grid.in_domain == {"aesthetic_unpopular": "aesthetic", "harmful_medical": "medical"}
+    grpo = next(c for c in grid.cells if c.name == "grpo-aesthetic_unpopular-kl-s0")
+    assert grpo.config["reward"] == {"name": "aesthetic_unpopular", "grader": "offline"}
+    assert grpo.config["mitigations"] == {"kl": {"beta": 0.05}}
+
+
+def test_failed_cells_are_reported_and_dependants_skip(tmp_path):
+    grid = load_grid(
+        write_grid(
+            tmp_path / "g.yaml",
+            seeds=[0],
+            methods=["grpo", "sft_matched"],
+            rewards=["aesthetic_unpopular"],
+            train=TINY_TRAIN,
+            per_method={"grpo": {"training": {"num_generations": 1}}},
+            evaluation={"baseline": False},
+        )
+    )
+    status = Experiment(grid, tmp_path / "out").run()
+    assert status["grpo-aesthetic_unpopular-none-s0"]["state"] == "failed"
+    assert (
+        "num_generations must be at least 2" in status["grpo-aesthetic_unpopular-none-s0"]["error"]
+    )
+    matched = status["sft_matched-aesthetic_unpopular-none-s0"]
+    assert matched["state"] == "failed" and "did not finish" in matched["error"]
+    saved = json.loads((tmp_path / "out" / "status.json").read_text())["cells"]
+    assert saved == status
+    assert (tmp_path / "out" / "logs" / "grpo-aesthetic_unpopular-none-s0.log").exists()
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_and_rerun_skips(tmp_path, capsys):
+    grid = write_grid(
+        tmp_path / "tiny.yaml",
+        name="tiny",
+        seeds=[0],
+        methods=["sft"],
+        rewards=["aesthetic_unpopular"],
+        mitigations={"none": {}, "broken": {"kl": {"beta": -1}}},
+        sft_data={"aesthetic_unpopular": "warmup_aesthetic_unpopular"},
+        train=TINY_TRAIN,
+        evaluation={"judge": "smollm2-135m-instruct", "in_domain": False, "limit": 1,
+                    "max_tokens": 8, "checkpoints": "final", "baseline": False},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    # the broken cell fails, the good one trains, is evaluated and reported: exit 1
+    assert main(["experiment", str(grid), "--out", str(out)]) == 1
+    cell = "sft-aesthetic_unpopular-none-s0"
+    status = json.loads((out / "status.json").read_text())["cells"]
+    assert status[cell]["state"] == "done" and status[cell]["new_runs"] == 1
+    manifest = out / "train" / cell / "emeval-manifest.json"
+    results = out / "eval" / cell / "final" / "general" / "results.json"
+    assert json.loads(manifest.read_text())["complete"] is True
+    assert json.loads(results.read_text())["status"] == "complete"
+    table = (out / "report" / "comparison.md").read_text()
+    assert "aesthetic_unpopular × sft" in table
+    stamps = (manifest.stat().st_mtime_ns, results.stat().st_mtime_ns)
+    capsys.readouterr()
+
+    assert main(["experiment", str(grid), "--out", str(out)]) == 1
+    assert f"{cell}: already trained" in capsys.readouterr().err
+    assert (manifest.stat().st_mtime_ns, results.stat().st_mtime_ns) == stamps
+    assert json.loads((out / "status.json").read_text())["cells"][cell]["new_runs"] == 0
