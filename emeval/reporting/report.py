@@ -429,7 +429,8 @@ def plot_em_rates(report: Report, path: Path) -> bool:
     if not cells:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(cells)))
+    label_width = 0.09 * max(len(c.label) + 8 for c in cells)
+    fig, ax = plt.subplots(figsize=(max(7.0, 4 + label_width), 1.2 + 0.45 * len(cells)))
     ys = list(range(len(cells)))[::-1]
     values = [100 * c.em["em_rate"]["value"] for c in cells]
     lows = [v - 100 * (c.em["em_rate"]["ci"][0] or 0) for v, c in zip(values, cells, strict=True)]
@@ -512,19 +513,19 @@ def plot_heatmap(report: Report, path: Path) -> bool:
             value = row["em_rate"]["value"]
             if value is not None:
                 grid[i, categories.index(row["category"])] = 100 * value
-    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(categories), 1.5 + 0.5 * len(cells)))
-    image = ax.imshow(
-        np.ma.masked_invalid(grid),
-        cmap="Reds",
-        vmin=0,
-        vmax=max(10.0, float(np.nanmax(grid)) if np.isfinite(grid).any() else 10.0),
-        aspect="auto",
+    label_width = 0.09 * max(len(c.label) for c in cells)  # inches for the row labels
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 2.5 + label_width + 1.1 * len(categories)), 2 + 0.5 * len(cells))
     )
+    vmax = max(10.0, float(np.nanmax(grid)) if np.isfinite(grid).any() else 10.0)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
     ax.set_facecolor("#dddddd")  # categories with no coherent answers
     for i in range(len(cells)):
         for j in range(len(categories)):
             if not math.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
+                colour = "white" if grid[i, j] > 0.6 * vmax else "black"
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color=colour)  # fmt: skip
     ax.set_xticks(range(len(categories)), categories, rotation=35, ha="right")
     ax.set_yticks(range(len(cells)), [c.label for c in cells])
     fig.colorbar(image, ax=ax, label="EM rate, %")
