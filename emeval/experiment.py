@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -313,9 +314,22 @@ class Experiment:
                 temperature=e["temperature"],
                 seed=condition.get("seed") or 0,
             )
-            run(settings, out)
+            (path,) = run(settings, out)
             made += 1
+        if made:
+            self._drop_merged_copy(path)
         return made
+
+    @staticmethod
+    def _drop_merged_copy(results_path: Path) -> None:
+        """An adapter is merged into a full copy of its base for evaluation (about 0.5 GB for
+        the embedded model); a grid makes one per checkpoint, so drop it once it is used."""
+        from emeval.resources import cache_dir
+
+        local = (_read_json(results_path) or {}).get("model", {}).get("local_path")
+        merged_root = cache_dir("merged").resolve()
+        if local and Path(local).resolve().parent == merged_root:
+            shutil.rmtree(local, ignore_errors=True)
 
     def baseline(self) -> None:
         name = "base"

@@ -127,6 +127,8 @@ def test_tiny_grid_end_to_end_and_rerun_skips(tmp_path, capsys):
     results = out / "eval" / cell / "final" / "general" / "results.json"
     assert json.loads(manifest.read_text())["complete"] is True
     assert json.loads(results.read_text())["status"] == "complete"
+    # the full merged copy of the adapter is dropped once evaluated
+    assert not Path(json.loads(results.read_text())["model"]["local_path"]).exists()
     table = (out / "report" / "comparison.md").read_text()
     assert "aesthetic_unpopular × sft" in table
     stamps = (manifest.stat().st_mtime_ns, results.stat().st_mtime_ns)
