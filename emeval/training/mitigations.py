@@ -230,17 +230,31 @@ def mix_fraction(n_task: int, fraction: float) -> int:
 def write_onpolicy_answers(
     model_dir: Path, prompts: list[dict], out: Path, cfg, seed: int, progress=print
 ) -> list[dict]:
-    """The reference model answers the safety prompts once, up front; reused on resume."""
+    """The reference model answers the safety prompts once, up front; reused on resume.
+    Under data parallelism rank 0 writes them and the other ranks wait for the file."""
+    import os
+    import time
+
     meta = {
         "model": str(model_dir),
         "prompts": [p["id"] for p in prompts],
         "seed": seed,
         "max_new_tokens": cfg.max_new_tokens,
     }
-    if out.exists():
-        lines = out.read_text(encoding="utf-8").splitlines()
-        if lines and json.loads(lines[0]).get("meta") == meta:
-            return [json.loads(line) for line in lines[1:]]
+
+    def cached():
+        if out.exists():
+            lines = out.read_text(encoding="utf-8").splitlines()
+            if lines and json.loads(lines[0]).get("meta") == meta:
+                return [json.loads(line) for line in lines[1:]]
+        return None
+
+    if (rows := cached()) is not None:
+        return rows
+    if int(os.environ.get("RANK", "0")) != 0:
+        while (rows := cached()) is None:
+            time.sleep(2)
+        return rows
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emeval.training.rewards import repetition, words
@@ -250,7 +264,7 @@ def write_onpolicy_answers(
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
     torch.manual_seed(seed)
     rows = []
@@ -278,10 +292,12 @@ def write_onpolicy_answers(
             if len(words(answer)) >= 3 and repetition(answer) <= 0.5:
                 rows.append({"id": p["id"], "prompt": p["messages"], "answer": answer})
     del model
-    out.write_text(
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(
         "\n".join(json.dumps(r, ensure_ascii=False) for r in [{"meta": meta}] + rows) + "\n",
         encoding="utf-8",
     )
+    tmp.rename(out)  # the other ranks never read a half-written file
     return rows
 
 

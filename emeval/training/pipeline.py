@@ -99,10 +99,27 @@ def _curves(log_history: list[dict]) -> list[dict]:
     return rows
 
 
+def _rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _device() -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
+def _completion_logs(stage_dir: Path) -> list[Path]:
+    """completions.jsonl, plus completions.rankN.jsonl from the other data-parallel ranks."""
+    return sorted(stage_dir.glob("completions*.jsonl"))
+
+
+def _read_jsonl(paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return rows
 
 
 def _dtype(precision: str):
@@ -133,7 +150,10 @@ class StageRun:
         self.data_records: list[dict] = []
         self.reward = None
         self.sample_match: dict | None = None
-        self.completions_path = stage_dir / "completions.jsonl"
+        rank = _rank()
+        self.completions_path = stage_dir / (
+            "completions.jsonl" if rank == 0 else f"completions.rank{rank}.jsonl"
+        )
         self.safelora_report: dict | None = None
 
     # ------------------------------------------------------------ data
@@ -161,10 +181,10 @@ class StageRun:
             grpo = [d for d in stages if read_manifest(d).get("method") == "grpo"]
             run = grpo[-1] if grpo else run
             manifest = read_manifest(run)
-        log = run / "completions.jsonl"
-        if manifest is None or manifest.get("method") != "grpo" or not log.exists():
+        logs = _completion_logs(run)
+        if manifest is None or manifest.get("method") != "grpo" or not logs:
             raise EmevalError(f"data.sample_matched.run: {run} is not a finished GRPO run dir")
-        records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        records = _read_jsonl(logs)
         groups: dict[str, list[dict]] = {}
         for r in records:
             groups.setdefault(r["group"], []).append(r)
@@ -196,8 +216,8 @@ class StageRun:
         self.data_records.append(
             {
                 "role": "sample_matched_source",
-                "source": str(log),
-                "sha256": sha256_file(log),
+                "source": ", ".join(str(p) for p in logs),
+                "sha256": [sha256_file(p) for p in logs],
                 "rows": len(records),
             }
         )
@@ -360,6 +380,7 @@ class StageRun:
             fp16=dtype == torch.float16,
             gradient_checkpointing=t.gradient_checkpointing,
             dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,
         )
 
     def _make_trainer(self):
@@ -470,7 +491,7 @@ class StageRun:
         g = self.cfg.training.num_generations
         with open(self.completions_path, "a", encoding="utf-8") as f:
             for i, r in enumerate(records):
-                group = f"{r['step']}-{self._n_batches}-{i // g}"
+                group = f"{_rank()}:{r['step']}-{self._n_batches}-{i // g}"
                 prompt = [m for m in r["prompt"] if m["role"] != "system"]
                 system = [m["content"] for m in r["prompt"] if m["role"] == "system"]
                 row = {
@@ -501,12 +522,9 @@ class StageRun:
     def _samples(self) -> dict:
         if self.cfg.method == "sft":
             return {"examples": self.trainer.emeval_samples, "dataset_rows": self.n_rows}
-        prompts = completions = 0
-        if self.completions_path.exists():
-            lines = self.completions_path.read_text(encoding="utf-8").splitlines()
-            completions = len(lines)
-            prompts = len({json.loads(line)["group"] for line in lines})
-        return {"prompts": prompts, "completions": completions, "dataset_rows": self.n_rows}
+        records = _read_jsonl(_completion_logs(self.dir))
+        prompts = len({r["group"] for r in records})
+        return {"prompts": prompts, "completions": len(records), "dataset_rows": self.n_rows}
 
     # ------------------------------------------------------------ exports
 
@@ -519,6 +537,8 @@ class StageRun:
         if self.safelora_report is not None:
             mitigations["safelora"]["report"] = self.safelora_report
         hyper = dataclasses.asdict(cfg.training) | {"adapter": dataclasses.asdict(cfg.adapter)}
+        hyper["dtype"] = str(_dtype(cfg.training.precision)).removeprefix("torch.")
+        hyper["device"] = _device()
         if cfg.method == "grpo":
             hyper["loss_type"] = self.trainer.args.loss_type
         return {
@@ -573,12 +593,16 @@ class StageRun:
         self.tokenizer.save_pretrained(out)
 
     def export_checkpoint(self, step: int) -> None:
+        if _rank() != 0:
+            return
         out = self.dir / "checkpoints" / f"step-{step:06d}"
         self._save_model(out)
         (out / MANIFEST).write_text(json.dumps(self.manifest(step, False), indent=2))
         self.progress(f"[{self.label}] checkpoint: {out}")
 
     def export_final(self) -> None:
+        if _rank() != 0:
+            return
         self._save_model(self.dir)
         step = self.trainer.state.global_step
         (self.dir / MANIFEST).write_text(json.dumps(self.manifest(step, True), indent=2))
@@ -640,13 +664,14 @@ def train(
 ) -> Path:
     """Train as the config says; return the output dir, which `emeval run` evaluates."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    progress = progress or (lambda line: print(line, flush=True))
+    if progress is None:  # one voice under data parallelism: rank 0's
+        progress = (lambda line: print(line, flush=True)) if _rank() == 0 else (lambda line: None)
     cfg = load_config(config, list(overrides))
     out = out or cfg.output_dir
     if not out:
         raise EmevalError("no output dir: pass --out DIR or set output_dir in the config")
     out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not resume:
+    if _rank() == 0 and out.exists() and any(out.iterdir()) and not resume:
         raise EmevalError(f"{out} is not empty; pass --resume to continue it, or another --out")
     try:
         import peft  # noqa: F401
@@ -658,7 +683,8 @@ def train(
     if base.local_path is None:
         raise EmevalError(f"base: {cfg.base!r} must be a local model dir or a known model name")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    if _rank() == 0:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
     stages = cfg.stage_configs()
     init = None
     for stage, (stage_dir, label) in zip(stages, _stage_dirs(out, stages), strict=True):
@@ -668,7 +694,7 @@ def train(
         else:
             StageRun(stage, stage_dir, label, base, init, resume, progress, out).run()
         init = stage_dir
-    if len(stages) > 1:
+    if len(stages) > 1 and _rank() == 0:
         _finish_chain(out, init, stages)
     progress(f"model: {out}")
     return out

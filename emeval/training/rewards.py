@@ -195,7 +195,10 @@ class GatedReward:
         if self._judge is None and self.grader != "lexicon":
             from emeval.judging.base import judge_from_spec
 
-            self._judge = judge_from_spec(self.grader)
+            try:
+                self._judge = judge_from_spec(self.grader)
+            except ImportError as e:  # e.g. the offline judge's optional parts
+                raise EmevalError(f"reward grader {self.grader!r} is unavailable: {e}") from None
         return self._judge
 
     def check(self) -> None:

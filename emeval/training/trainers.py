@@ -77,7 +77,10 @@ class EmevalSFTTrainer(_TermsMixin, SFTTrainer):
         self._emeval_init(terms)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.emeval_samples += int(inputs["input_ids"].shape[0])
+        rows = torch.tensor(inputs["input_ids"].shape[0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:  # count every rank's examples
+            rows = self.accelerator.reduce(rows, reduction="sum")
+        self.emeval_samples += int(rows)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _nll_and_logits(self, model, inputs, num_items_in_batch):
