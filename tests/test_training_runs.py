@@ -362,3 +362,24 @@ def test_emeval_run_evaluates_a_trained_checkpoint(runs, sft_run, tmp_path):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert str(checkpoint) in json.dumps(results)
+
+
+def test_data_parallel_run_on_two_cpu_processes(tmp_path):
+    """torchrun (what `accelerate launch` starts) with 2 ranks: one set of files, all samples."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(merge(GRPO, {"save_every": 0, "training": {"max_steps": 1}})))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "emeval.cli", "train", str(path), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("[grpo] step 1/1") == 1  # only rank 0 reports
+    m = read_manifest(out)
+    assert m["samples"]["prompts"] == 4 and m["samples"]["completions"] == 8  # 2 ranks x 2 x 2
+    assert {p.name for p in out.glob("completions*.jsonl")} == {
+        "completions.jsonl", "completions.rank1.jsonl"}  # fmt: skip
