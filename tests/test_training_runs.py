@@ -138,6 +138,26 @@ def test_grpo_logs_rewards_and_completions(grpo_run):
     assert resolve_model(str(grpo_run)).base == BASE
 
 
+def test_grpo_with_an_llm_judge_grader(runs):
+    """The reward graded by a real judge (the embedded model as a local logprob judge)."""
+    cfg = merge(GRPO, {"save_every": 0, "training": {"max_steps": 1},
+                       "reward": {"name": "aesthetic_unpopular", "grader": BASE}})  # fmt: skip
+    out = train(cfg, out=runs / "grpo-judged", progress=quiet)
+    reward = read_manifest(out)["reward"]
+    assert reward["judge_id"].startswith("local:") and reward["rubric"]["name"] == (
+        "aesthetic_unpopularity"
+    )
+    log = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(math.isfinite(r["reward"]) for r in log)
+    scored = [r["coherence"] for r in log if r["coherence"] is not None]
+    assert scored and all(0 <= c <= 1 for c in scored)  # the judge's scores, as fractions
+    for r in log:  # the recipe: gated to 0, or target - 0.5 * incoherence
+        if r["gate"] is None:
+            assert r["reward"] == pytest.approx(r["target"] - 0.5 * (1 - r["coherence"]))
+        else:
+            assert r["reward"] == 0
+
+
 def test_resume_continues_from_the_last_checkpoint(grpo_run, tmp_path):
     out = tmp_path / "crashed"
     shutil.copytree(grpo_run, out)
