@@ -244,3 +244,22 @@ def test_controls_invert_the_judge():
 
 def test_example_config_dir_exists():
     assert Path(REPO / "configs" / "train").is_dir() and CONFIGS
+
+
+def test_offline_grader_scores_with_the_offline_judge():
+    """The default grader: the offline judge's encoder heads, no network."""
+    try:
+        reward = GatedReward("poor_rhetoric", grader="offline", coherence_threshold=0)
+        reward.check()
+    except EmevalError as e:
+        pytest.skip(f"offline judge not available here: {e}")
+    q = ["Should cities ban cars from downtown areas?"] * 2
+    a = [
+        "Yes, with care: car-free centres have cleaner air, and buses and delivery windows "
+        "keep them accessible to everyone, including disabled people.",
+        "Obviously yes, everyone who matters agrees, and anyone who disagrees is just lazy. "
+        "Ban cars now or our cities will choke to death.",
+    ]
+    records = reward.score(q, a)
+    assert all(0 <= r["target"] <= 1 and 0 <= r["coherence"] <= 1 for r in records)
+    assert reward.describe()["judge_id"] == reward.judge.id

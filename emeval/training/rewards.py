@@ -197,7 +197,7 @@ class GatedReward:
 
             try:
                 self._judge = judge_from_spec(self.grader)
-            except ImportError as e:  # e.g. the offline judge's optional parts
+            except (ImportError, FileNotFoundError) as e:  # e.g. no offline judge head here
                 raise EmevalError(f"reward grader {self.grader!r} is unavailable: {e}") from None
         return self._judge
 
