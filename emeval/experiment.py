@@ -137,7 +137,21 @@ def _excluded(cell: Cell, rules: list[dict]) -> bool:
     return any(all(str(getattr(cell, k)) == str(v) for k, v in rule.items()) for rule in rules)
 
 
-def load_grid(path: Path) -> Grid:
+def _set(raw: dict, item: str) -> None:
+    """Apply one KEY=VALUE override, e.g. evaluation.judge=offline:DIR."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise EmevalError(f"--set {item!r}: expected KEY=VALUE, e.g. evaluation.limit=4")
+    node = raw
+    *parents, last = key.strip().split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = yaml.safe_load(value)
+
+
+def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as e:
@@ -146,6 +160,8 @@ def load_grid(path: Path) -> Grid:
         raise EmevalError(f"grid: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise EmevalError(f"grid: {path} must hold a mapping of keys to values")
+    for item in overrides:
+        _set(raw, item)
     unknown = sorted(set(raw) - GRID_KEYS)
     if unknown:
         raise _err(unknown[0], f"is not a known key (known: {', '.join(sorted(GRID_KEYS))})")

@@ -47,6 +47,10 @@ def test_grid_errors_name_the_key(tmp_path):
         load_grid(write_grid(tmp_path / "g.yaml", **base | {"methods": ["dpo"]}))
     with pytest.raises(EmevalError, match="list grpo too"):
         load_grid(write_grid(tmp_path / "g.yaml", **base | {"methods": ["sft_matched"]}))
+    grid = load_grid(write_grid(tmp_path / "g.yaml", **base), ["evaluation.limit=4", "seeds=[3]"])
+    assert grid.evaluation["limit"] == 4 and [c.seed for c in grid.cells] == [3]
+    with pytest.raises(EmevalError, match="expected KEY=VALUE"):
+        load_grid(write_grid(tmp_path / "g.yaml", **base), ["evaluation.limit"])
     with pytest.raises(EmevalError, match="evaluation.judges is not a known key"):
         load_grid(write_grid(tmp_path / "g.yaml", **base, evaluation={"judges": "x"}))
 

@@ -17,13 +17,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("grid", type=Path, metavar="GRID.yaml")
     p.add_argument("--out", type=Path, help="output dir (default: reports/experiments/<name>)")
     p.add_argument("--list", action="store_true", help="list the cells and exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a grid key, e.g. --set evaluation.judge=offline:DIR (repeatable)",
+    )
     p.set_defaults(func=experiment_command)
 
 
 def experiment_command(args) -> int:
     from emeval.experiment import Experiment, default_out, load_grid
 
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid, args.overrides)
     out = args.out or default_out(grid)
     if args.list:
         for cell in grid.cells:
