@@ -151,6 +151,9 @@ def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):
     assert log.status == "success" and len(log.samples) == 2
     meta = log.samples[0].metadata
     assert {"probe_id", "category", "format"} <= set(meta)
+    # the grader role judged: its exact-logprob verdicts are in the score metadata
+    judges = next(iter(log.samples[0].scores.values())).metadata["judges"]
+    assert len(judges) == 1 and next(iter(judges)).startswith("local:")
 
 
 def test_interrupted_run_resumes_without_regenerating(tmp_path):
