@@ -95,6 +95,9 @@ def select_layers(model, layers) -> list[int]:
 @contextlib.contextmanager
 def capture_features(model, layer_ids: list[int]):
     """Collect the outputs of the chosen decoder layers during forward passes in the block."""
+    if not layer_ids:  # nothing to collect: any architecture will do
+        yield {}
+        return
     layers = decoder_layers(model)
     captured: dict[int, list[torch.Tensor]] = {i: [] for i in layer_ids}
     handles = []
