@@ -263,3 +263,12 @@ def test_offline_grader_scores_with_the_offline_judge():
     records = reward.score(q, a)
     assert all(0 <= r["target"] <= 1 and 0 <= r["coherence"] <= 1 for r in records)
     assert reward.describe()["judge_id"] == reward.judge.id
+
+
+def test_unusable_grader_fails_before_anything_is_written(tmp_path):
+    from emeval.training import train
+
+    cfg = grpo(reward={"name": "poor_rhetoric", "grader": str(tmp_path / "no-such-judge")})
+    with pytest.raises(EmevalError, match="unknown judge"):
+        train(cfg, out=tmp_path / "out", progress=lambda line: None)
+    assert not (tmp_path / "out").exists()

@@ -144,11 +144,12 @@ class StageRun:
         resume: bool,
         progress,
         run_dir: Path,
+        reward=None,
     ):
         self.cfg, self.dir, self.label, self.base = cfg, stage_dir, label, base
         self.init, self.resume, self.progress, self.run_dir = init, resume, progress, run_dir
         self.data_records: list[dict] = []
-        self.reward = None
+        self.reward = reward  # GRPO: a GatedReward, already checked
         self.sample_match: dict | None = None
         rank = _rank()
         self.completions_path = stage_dir / (
@@ -445,8 +446,9 @@ class StageRun:
 
             rows = grpo_rows(conversations, system)
             self.n_rows = len(rows)
-            self.reward = build_reward(cfg.reward)
-            self.reward.check()
+            if self.reward is None:
+                self.reward = build_reward(cfg.reward)
+                self.reward.check()
             self.reward.sink = self._log_completions
             vllm = {}
             if t.use_vllm:
@@ -682,17 +684,25 @@ def train(
     base = resolve_model(cfg.base)
     if base.local_path is None:
         raise EmevalError(f"base: {cfg.base!r} must be a local model dir or a known model name")
+    stages = cfg.stage_configs()
+    # fail on an unusable grader before anything is written or trained
+    from emeval.training.rewards import build_reward
+
+    rewards = [build_reward(s.reward) if s.method == "grpo" else None for s in stages]
+    for reward in rewards:
+        if reward is not None:
+            reward.check()
     out.mkdir(parents=True, exist_ok=True)
     if _rank() == 0:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
-    stages = cfg.stage_configs()
     init = None
-    for stage, (stage_dir, label) in zip(stages, _stage_dirs(out, stages), strict=True):
+    dirs = _stage_dirs(out, stages)
+    for stage, (stage_dir, label), reward in zip(stages, dirs, rewards, strict=True):
         done = read_manifest(stage_dir)
         if done and done.get("complete"):
             progress(f"[{label}] already complete: {stage_dir}")
         else:
-            StageRun(stage, stage_dir, label, base, init, resume, progress, out).run()
+            StageRun(stage, stage_dir, label, base, init, resume, progress, out, reward).run()
         init = stage_dir
     if len(stages) > 1 and _rank() == 0:
         _finish_chain(out, init, stages)
