@@ -140,6 +140,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
                 temperature=s.temperature,
             )
             prompts = len(suite_task(**task_args).dataset)
+            prompts = min(prompts, s.limit) if s.limit else prompts
             if not prompts:
                 raise EmevalError(f"suite {suite_name!r}: no probes selected")
             _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
