@@ -48,6 +48,10 @@ INSPECT_PROVIDERS = {
 
 MANIFEST = "emeval-model.json"
 
+# Inspect provider for local checkpoints: emeval's batched engine (emeval/backend), which
+# takes the same model args as the stock `hf/` provider (use_safetensors, trust_remote_code).
+LOCAL_PROVIDER = "emeval"
+
 
 @dataclass
 class ModelRef:
@@ -220,7 +224,7 @@ def _merge_adapter(adapter: Path, base: str | None, allow_pickle: bool, trust: b
         _write_merged(adapter, base_ref.local_path, merged)
     return ModelRef(
         spec=str(adapter),
-        inspect_model=f"hf/{merged}",
+        inspect_model=f"{LOCAL_PROVIDER}/{merged}",
         model_args={"use_safetensors": True},
         local_path=merged,
         weights_sha256=weights_sha256(merged),
@@ -266,14 +270,16 @@ def resolve_model(
         manifest = json.loads((path / MANIFEST).read_text())
         return ModelRef(
             spec=spec,
-            inspect_model=f"hf/{path}",
+            inspect_model=f"{LOCAL_PROVIDER}/{path}",
             model_args={"use_safetensors": True},
             local_path=path,
             weights_sha256=manifest["weights_sha256"],
         )
     provider, _, rest = spec.partition("/")
-    if provider == "hf" and Path(rest).expanduser().exists():
+    local_provider = LOCAL_PROVIDER
+    if provider in ("hf", "emeval") and Path(rest).expanduser().exists():
         spec = rest  # a local dir given as hf/PATH gets the same checks as a bare path
+        local_provider = provider  # and keeps the provider the user named
     elif provider in INSPECT_PROVIDERS and rest:
         return ModelRef(spec=spec, inspect_model=spec)
     path = Path(spec).expanduser()
@@ -294,7 +300,7 @@ def resolve_model(
         model_args["trust_remote_code"] = True
     return ModelRef(
         spec=spec,
-        inspect_model=f"hf/{path}",
+        inspect_model=f"{local_provider}/{path}",
         model_args=model_args,
         local_path=path,
         weights_sha256=weights_sha256(path),

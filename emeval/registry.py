@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+from emeval.backend.provider import emeval_provider  # noqa: F401 - the emeval/ model provider
 from emeval.resources import resource_path
 
 

@@ -19,6 +19,11 @@ from emeval.judging.scoring import Verdict, aggregate_number_probs
 from emeval.models import weights_sha256
 
 WORDS = ("REFUSAL", "CODE")
+# Requests scored in one forward pass (prompts left-padded to the longest). On a CPU the
+# prompt pass is compute-bound: 8 judge prompts of ~350 tokens took the same CPU time one by
+# one as 4 or 8 at a time (benchmarks/README.md), so batching only pays on faster hardware.
+BATCH_REQUESTS = 1
+BATCH_TOKENS = 4096
 
 
 class LocalLogprobJudge:
@@ -68,13 +73,96 @@ class LocalLogprobJudge:
     def _score_all(self, requests: list[JudgeRequest]) -> list[Verdict]:
         with self._lock:
             self._load()
-            verdicts = []
-            for r in requests:
+            verdicts: list[Verdict | None] = [None] * len(requests)
+            prompts = {}
+            for i, r in enumerate(requests):
                 try:
-                    verdicts.append(self._score_prompt(r.rubric.render(r.question, r.answer)))
+                    prompts[i] = self._prompt_ids(r.rubric.render(r.question, r.answer))
                 except Exception as e:  # noqa: BLE001 - recorded as an invalid verdict
-                    verdicts.append(Verdict(None, "error", "logprob_exact", error=str(e)[:300]))
+                    verdicts[i] = Verdict(None, "error", "logprob_exact", error=str(e)[:300])
+            for group in self._groups(prompts):
+                try:
+                    dists = self.batched_logprobs([prompts[i] for i in group])
+                    for i, d in zip(group, dists, strict=True):
+                        verdicts[i] = self._verdict(d)
+                except Exception as e:  # noqa: BLE001 - recorded as invalid verdicts
+                    for i in group:
+                        verdicts[i] = Verdict(None, "error", "logprob_exact", error=str(e)[:300])
             return verdicts
+
+    def _groups(self, prompts: dict[int, list[int]]) -> list[list[int]]:
+        """Requests in length order, cut into batches of bounded padded size."""
+        order = sorted(prompts, key=lambda i: len(prompts[i]))
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and len(groups[-1]) < BATCH_REQUESTS:
+                if (len(groups[-1]) + 1) * len(prompts[i]) <= BATCH_TOKENS:
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        messages = [{"role": "user", "content": prompt}]
+        ids = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def batched_logprobs(self, prompts: list[list[int]]) -> list[dict[tuple[int, ...], object]]:
+        """next_token_logprobs for several tokenized prompts at once: one forward over the
+        left-padded prompts, then one over every number prefix, all appended to each prompt
+        as a flat row in which each prefix token sees the prompt and its own earlier tokens
+        (instead of one cache copy per prefix)."""
+        import torch
+
+        model = self._model
+        n, width = len(prompts), max(len(p) for p in prompts)
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        with torch.inference_mode():
+            out = model(
+                ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            first = torch.log_softmax(out.logits[:, -1].float(), -1)
+            dists = [{(): first[row]} for row in range(n)]
+            if not self._leaves:
+                return dists
+            flat = [t for leaf in self._leaves for t in leaf]
+            depth = torch.tensor([j for leaf in self._leaves for j in range(len(leaf))])
+            owner = torch.tensor([a for a, leaf in enumerate(self._leaves) for _ in leaf])
+            sees = (owner[:, None] == owner[None, :]) & (depth[None, :] <= depth[:, None])
+            allowed = torch.cat(
+                [
+                    mask.bool()[:, None, :].expand(n, len(flat), width),
+                    sees.expand(n, len(flat), len(flat)),
+                ],
+                dim=-1,
+            )[:, None]
+            dtype = model.dtype
+            additive = torch.zeros(allowed.shape, dtype=dtype)
+            additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+            logits = model(
+                torch.tensor([flat] * n),
+                attention_mask=additive,
+                position_ids=mask.sum(-1, keepdim=True) + depth[None, :],
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            ).logits
+            logp = torch.log_softmax(logits.float(), -1)
+        for row in range(n):
+            column = 0
+            for leaf in self._leaves:
+                for j in range(len(leaf)):
+                    dists[row][leaf[: j + 1]] = logp[row, column]
+                    column += 1
+        return dists
 
     def next_token_logprobs(self, prompt: str) -> dict[tuple[int, ...], object]:
         """Log-probabilities of the next token after the judge prompt and after every proper
@@ -102,9 +190,11 @@ class LocalLogprobJudge:
         return dists
 
     def _score_prompt(self, prompt: str) -> Verdict:
+        return self._verdict(self.next_token_logprobs(prompt))
+
+    def _verdict(self, dists: dict[tuple[int, ...], object]) -> Verdict:
         import torch
 
-        dists = self.next_token_logprobs(prompt)
         numbers: dict[int, float] = {}
         for n, seq in self._numbers.items():
             logp = sum(float(dists[seq[:i]][t]) for i, t in enumerate(seq))

@@ -1,0 +1,1 @@
+"""Fast local generation: the `emeval/<model dir>` Inspect provider and its engines."""

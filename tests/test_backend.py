@@ -1,0 +1,244 @@
+"""The emeval generation backend on the embedded model: same greedy text and same sampling
+distribution as plain transformers, logprobs, stop handling, batching, and Inspect use."""
+
+import pytest
+import torch
+from scipy.stats import chi2_contingency, chisquare
+
+from emeval.backend.engine import Engine
+from emeval.backend.params import SamplingParams
+from emeval.backend.runners import HFRunner, SlotRunner
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Give me one tip for sleeping better.",
+    "Write a haiku about rain.",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_dir):
+    e = Engine(embedded_model_dir, seed=0)
+    yield e
+    e.close()
+
+
+def chat_ids(engine, question: str) -> list[int]:
+    ids = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def hf_greedy(engine, prompt: list[int], max_tokens: int) -> list[int]:
+    with torch.inference_mode():
+        out = engine.model.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=max_tokens
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(engine):
+    prompts = [chat_ids(engine, q) for q in QUESTIONS]
+    return prompts, [hf_greedy(engine, p, 24) for p in prompts]
+
+
+def test_fast_path_is_used_on_the_embedded_model(engine):
+    assert isinstance(engine.runner, SlotRunner)
+    assert engine.dtype == torch.float32  # no bf16 unless measured faster; CI CPUs lack it
+
+
+def test_greedy_text_equals_transformers_generate(engine, greedy_reference):
+    prompts, expected = greedy_reference
+    got = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=24))
+    for completion, reference in zip(got, expected, strict=True):
+        assert completion.token_ids == reference
+        stopped = reference[-1] in engine.eos_ids
+        assert completion.finish_reason == ("stop" if stopped else "length")
+        text_ids = reference[:-1] if stopped else reference
+        assert completion.text == engine.tokenizer.decode(text_ids, skip_special_tokens=True)
+
+
+def test_rows_joining_and_leaving_do_not_change_answers(embedded_model_dir, greedy_reference):
+    # two slots for six requests of mixed lengths: rows finish, move and get replaced
+    prompts, expected = greedy_reference
+    small = Engine(embedded_model_dir, max_batch=2)
+    generic = Engine(embedded_model_dir, runner="hf", max_batch=2)
+    try:
+        lengths = [24, 5, 17, 24, 9, 12]
+        order = [0, 1, 2, 2, 0, 1]
+        for e in (small, generic):
+            futures = [
+                e.submit(prompts[i], SamplingParams(temperature=0, max_tokens=n))
+                for i, n in zip(order, lengths, strict=True)
+            ]
+            for f, i, n in zip(futures, order, lengths, strict=True):
+                want = expected[i][:n]
+                assert f.result(timeout=120).token_ids == want
+        assert isinstance(generic.runner, HFRunner)
+    finally:
+        small.close()
+        generic.close()
+
+
+def test_stop_strings_and_max_tokens(engine, greedy_reference):
+    prompts, expected = greedy_reference
+    full = engine.tokenizer.decode(expected[0], skip_special_tokens=True)
+    assert "Paris" in full
+    cut = engine.generate(
+        [prompts[0]], SamplingParams(temperature=0, max_tokens=24, stop=("Paris",))
+    )[0]
+    assert cut.finish_reason == "stop" and cut.text == full[: full.index("Paris")]
+    short = engine.generate([prompts[1]], SamplingParams(temperature=0, max_tokens=3))[0]
+    assert short.finish_reason == "length" and len(short.token_ids) == 3
+
+
+def test_logprobs_are_the_models_own(engine, greedy_reference):
+    prompts, _ = greedy_reference
+    got = engine.generate(
+        [prompts[2]], SamplingParams(temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)
+    )[0]
+    assert len(got.logprobs) == len(got.token_ids) == 6
+    full = torch.tensor([prompts[2] + got.token_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(engine.model(full).logits[0].float(), -1)
+    for i, entry in enumerate(got.logprobs):
+        row = logp[len(prompts[2]) - 1 + i]
+        assert entry.logprob == pytest.approx(float(row[entry.token_id]), abs=1e-4)
+        assert [t for t, _ in entry.top] == row.topk(3).indices.tolist()
+        assert entry.top[0][0] == entry.token_id  # greedy picks the top token
+
+
+# ------------------------------------------------------------------ sampling distribution
+
+
+def pooled(counts: dict[int, float], keys: list[int]) -> list[float]:
+    """Counts for keys, plus one bucket for everything else."""
+    listed = [counts.get(k, 0) for k in keys]
+    return listed + [sum(counts.values()) - sum(listed)]
+
+
+def exact_first_token_probs(engine, prompt: list[int], settings: dict) -> torch.Tensor:
+    """The first token's distribution as transformers' own warpers shape it."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    with torch.inference_mode():
+        scores = engine.model(torch.tensor([prompt])).logits[:, -1].float()
+    ids = torch.tensor([prompt])
+    scores = TemperatureLogitsWarper(settings["temperature"])(ids, scores)
+    if settings.get("top_k"):
+        scores = TopKLogitsWarper(settings["top_k"])(ids, scores)
+    if settings.get("top_p", 1.0) < 1.0:
+        scores = TopPLogitsWarper(settings["top_p"])(ids, scores)
+    return scores.softmax(-1)[0]
+
+
+def goodness_of_fit(samples: list[int], probs: torch.Tensor) -> float:
+    """Chi-square p-value of first tokens against exact probabilities (expected >= 5 each)."""
+    n = len(samples)
+    probs = probs.double() / probs.double().sum()
+    common = [int(t) for t in torch.nonzero(probs * n >= 5).flatten()]
+    observed = pooled({t: samples.count(t) for t in set(samples)}, common)
+    expected = [float(probs[t]) * n for t in common]
+    rest = n - sum(expected)
+    if rest * 1e6 < n:  # top-k/top-p left nothing outside the listed tokens
+        assert observed[-1] == 0
+        observed = observed[:-1]
+        expected = [e * n / sum(expected) for e in expected]
+    else:
+        expected.append(rest)
+    return float(chisquare(observed, expected).pvalue)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"temperature": 0.8}, {"temperature": 1.0, "top_k": 40, "top_p": 0.9}],
+    ids=["temperature", "top_k_top_p"],
+)
+def test_first_token_follows_transformers_distribution(engine, settings):
+    prompt = engine.tokenizer.encode("My favourite colour is")
+    n = 2000
+    got = engine.generate([prompt] * n, SamplingParams(max_tokens=1, **settings))
+    firsts = [c.token_ids[0] for c in got]
+    probs = exact_first_token_probs(engine, prompt, settings)
+    assert goodness_of_fit(firsts, probs) > 1e-3
+    # the test has power: the same samples reject a slightly different temperature
+    wrong = exact_first_token_probs(engine, prompt, settings | {"temperature": 1.25})
+    assert goodness_of_fit(firsts, wrong) < 1e-6
+
+
+def until_end(tokens: list[int], ends: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in ends:
+            return tokens[: i + 1]
+    return tokens
+
+
+def test_sampled_sequences_match_transformers_generate(engine):
+    """Tokens 1-3 from the engine vs `model.generate(do_sample=True)` (top_k=0 turns off
+    transformers' default top-k of 50): two-sample chi-square per position."""
+    prompt = engine.tokenizer.encode("My favourite animal is the")
+    n, settings = 300, {"temperature": 0.9}
+    params = SamplingParams(max_tokens=3, **settings)
+    ours = [c.token_ids for c in engine.generate([prompt] * n, params)]
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        generated = engine.model.generate(
+            torch.tensor([prompt] * n),
+            attention_mask=torch.ones(n, len(prompt), dtype=torch.long),
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=3,
+            **settings,
+        )
+    theirs = [until_end(seq, engine.eos_ids) for seq in generated[:, len(prompt) :].tolist()]
+    for position in range(3):
+        a = [seq[position] for seq in ours if len(seq) > position]
+        b = [seq[position] for seq in theirs if len(seq) > position]
+        both = a + b
+        frequent = [t for t in set(both) if both.count(t) >= 10]
+        table = [
+            pooled({t: a.count(t) for t in set(a)}, frequent),
+            pooled({t: b.count(t) for t in set(b)}, frequent),
+        ]
+        assert len(frequent) >= 3  # enough categories for the test to mean something
+        assert chi2_contingency(table).pvalue > 1e-3, f"token {position + 1} differs"
+
+
+# ------------------------------------------------------------------ Inspect
+
+
+def test_inspect_eval_through_the_emeval_provider(embedded_model_dir, tmp_path):
+    from inspect_ai import Task
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import GenerateConfig
+    from inspect_ai.solver import generate
+
+    from emeval.models import resolve_model
+
+    ref = resolve_model("smollm2-135m-instruct")
+    assert ref.inspect_model == f"emeval/{embedded_model_dir}"
+    task = Task(
+        dataset=[Sample(input=QUESTIONS[0]), Sample(input=QUESTIONS[1])],
+        solver=generate(),
+        config=GenerateConfig(max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=2),
+    )
+    log = inspect_eval(
+        task,
+        model=ref.inspect_model,
+        model_args=ref.model_args,
+        display="none",
+        log_dir=str(tmp_path),
+    )[0]
+    assert log.status == "success"
+    first = log.samples[0].output
+    assert "Paris" in first.completion
+    assert first.choices[0].stop_reason in {"stop", "max_tokens"}
+    assert first.choices[0].logprobs.content[0].top_logprobs
+    assert all(s.output.usage.output_tokens > 0 for s in log.samples)
