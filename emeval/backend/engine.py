@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from emeval.backend.compute import TORCH_LOCK
 from emeval.backend.params import Completion, SamplingParams, TokenLogprob
 from emeval.backend.runners import HFRunner, SlotRunner, fast_path_supported
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KV_CACHE_GB = 1.0
 DEFAULT_MAX_BATCH = 256
+PREFILL_TOKENS = 8192  # padded prompt tokens per prefill pass
 GATHER_IDLE_S = 0.1  # wait this long for more requests before starting an idle engine
 GATHER_MAX_S = 2.0
 
@@ -358,31 +360,33 @@ class Engine:
         fits = [j for j in pending if self._need(j) <= (runner.capacity or 1 << 30)]
         fits.sort(key=lambda j: len(j.prompt))  # similar lengths share a prefill
         chosen = fits[:free]
-        if not chosen:
-            return
-        chosen_ids = {id(j) for j in chosen}
-        pending[:] = [j for j in pending if id(j) not in chosen_ids]
         # prefill in chunks of bounded padded size (activations scale with rows x width)
-        start = 0
-        while start < len(chosen):
-            end = start + 1
-            while end < len(chosen) and (end - start + 1) * len(chosen[end].prompt) <= 8192:
-                end += 1
-            group = chosen[start:end]
-            began = time.perf_counter()
-            logits = runner.add([j.prompt for j in group])
-            self.stats["forward_s"] += time.perf_counter() - began
-            self.stats["prefill_tokens"] += sum(len(j.prompt) for j in group)
-            rows.extend(group)
-            self._take(rows, len(rows) - len(group), logits)
-            start = end
+        groups = []
+        for job in chosen:
+            if groups and (len(groups[-1]) + 1) * len(job.prompt) <= PREFILL_TOKENS:
+                groups[-1].append(job)
+            else:
+                groups.append([job])
+        if not runner.supports_joining:
+            groups = groups[:1]  # the others wait for the next wave
+        taken = {id(j) for group in groups for j in group}
+        pending[:] = [j for j in pending if id(j) not in taken]
+        for group in groups:
+            with TORCH_LOCK:
+                began = time.perf_counter()
+                logits = runner.add([j.prompt for j in group])
+                self.stats["forward_s"] += time.perf_counter() - began
+                self.stats["prefill_tokens"] += sum(len(j.prompt) for j in group)
+                rows.extend(group)
+                self._take(rows, len(rows) - len(group), logits)
 
     def _advance(self, rows: list[_Job]) -> None:
         last = torch.tensor([j.tokens[-1] for j in rows])
-        began = time.perf_counter()
-        logits = self.runner.step(last)
-        self.stats["forward_s"] += time.perf_counter() - began
-        self._take(rows, 0, logits)
+        with TORCH_LOCK:
+            began = time.perf_counter()
+            logits = self.runner.step(last)
+            self.stats["forward_s"] += time.perf_counter() - began
+            self._take(rows, 0, logits)
 
     def _take(self, rows: list[_Job], first: int, logits: torch.Tensor) -> None:
         """Sample one token for rows[first:], record it, and retire finished rows."""

@@ -14,6 +14,7 @@ import copy
 import threading
 from pathlib import Path
 
+from emeval.backend.compute import TORCH_LOCK
 from emeval.judging.base import JudgeRequest
 from emeval.judging.scoring import Verdict, aggregate_number_probs
 from emeval.models import weights_sha256
@@ -82,7 +83,8 @@ class LocalLogprobJudge:
                     verdicts[i] = Verdict(None, "error", "logprob_exact", error=str(e)[:300])
             for group in self._groups(prompts):
                 try:
-                    dists = self.batched_logprobs([prompts[i] for i in group])
+                    with TORCH_LOCK:  # take turns with generation running in this process
+                        dists = self.batched_logprobs([prompts[i] for i in group])
                     for i, d in zip(group, dists, strict=True):
                         verdicts[i] = self._verdict(d)
                 except Exception as e:  # noqa: BLE001 - recorded as invalid verdicts
