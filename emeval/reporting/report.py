@@ -448,26 +448,37 @@ def plot_em_rates(report: Report, path: Path) -> bool:
 
 
 def plot_steps(report: Report, path: Path) -> bool:
-    if not report.steps:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """One panel per reward (the part of the label before ' × '), a line per method and
+    mitigation, with its 95% CI as a band."""
+    curves = {}
     for label, points in report.steps.items():
         points = [(s, m) for s, m in points if m and m.get("value") is not None]
-        if not points:
-            continue
-        xs = [s for s, _ in points]
-        ys = [100 * m["value"] for _, m in points]
-        (line,) = ax.plot(xs, ys, marker="o", label=label)
-        lo = [100 * (m["ci"][0] or 0) for _, m in points]
-        hi = [100 * (m["ci"][1] or 0) for _, m in points]
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("EM rate, % (band: 95% CI)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("EM over training")
+        if points:
+            curves[label] = points
+    if not curves:
+        return False
+    plt = _plt()
+    groups = sorted({label.split(" × ")[0] for label in curves})
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(9, 0.6 + 3.2 * len(groups)), sharex=True, squeeze=False
+    )
+    for ax, group in zip(axes[:, 0], groups, strict=True):
+        for label, points in curves.items():
+            if label.split(" × ")[0] != group:
+                continue
+            xs = [s for s, _ in points]
+            (line,) = ax.plot(xs, [100 * m["value"] for _, m in points], marker="o",
+                              label=label.split(" × ", 1)[1])  # fmt: skip
+            lo = [100 * (m["ci"][0] or 0) for _, m in points]
+            hi = [100 * (m["ci"][1] or 0) for _, m in points]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_title(f"reward: {group}", fontsize=10)
+        ax.set_ylabel("EM rate, %")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("training step (bands: 95% CI; step 0: the untrained model)")
+    fig.suptitle("EM over training")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -558,8 +569,10 @@ def _provenance(report: Report) -> list[str]:
     judges = {}
     for r in report.runs:
         for j in r.results["judges"]:
-            rubrics = ", ".join(f"{k} v{v['version']}" for k, v in sorted(j["rubrics"].items()))
-            judges[j["id"]] = f"{j['id']} (rubrics: {rubrics})"
+            rubrics = ", ".join(
+                f"{v.get('name', k)} v{v['version']}" for k, v in sorted(j["rubrics"].items())
+            )
+            judges[(j["id"], rubrics)] = f"{j['id']} (rubrics: {rubrics})"
     lines.append(f"- runs: {len(report.runs)} complete" + (
         f", {len(report.skipped)} incomplete left out" if report.skipped else ""))  # fmt: skip
     lines.append(f"- EM suite: {suites.get(report.em_suite, 'none')}")
