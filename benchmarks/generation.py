@@ -57,6 +57,7 @@ def child(args) -> dict:
     task = Task(dataset=[Sample(input=p) for p in prompts], solver=generate(), epochs=args.samples)
     tokenizer = AutoTokenizer.from_pretrained(ref.local_path)
     with tempfile.TemporaryDirectory() as log_dir:
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         log = inspect_eval(
             task,
@@ -67,6 +68,8 @@ def child(args) -> dict:
             score=False,
         )[0]
         generate_s = time.perf_counter() - start
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
         if log.status != "success":
             raise SystemExit(f"{args.provider}: eval {log.status}: {log.error}")
         tokens = 0
@@ -83,6 +86,7 @@ def child(args) -> dict:
         "generate_s": round(generate_s, 2),
         "tokens_per_s": round(tokens / generate_s, 1),
         "samples_per_s": round(samples / generate_s, 3),
+        "cpu_s_per_1k_tokens": round(1000 * cpu_s / tokens, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "threads": torch.get_num_threads(),
     }
@@ -151,7 +155,9 @@ def main() -> int:
         print(
             f"{provider:>7}: load {r['load_s']:6.1f} s  generate {r['generate_s']:6.1f} s  "
             f"{r['output_tokens']:6d} tokens  {r['tokens_per_s']:7.1f} tokens/s  "
-            f"{r['samples_per_s']:6.2f} samples/s  peak RSS {r['peak_rss_mb']} MB",
+            f"{r['samples_per_s']:6.2f} samples/s  "
+            f"{r['cpu_s_per_1k_tokens']:5.1f} CPU-s/1k tokens  "
+            f"peak RSS {r['peak_rss_mb']} MB",
             flush=True,
         )
     if "hf" in results and "emeval" in results:

@@ -300,10 +300,11 @@ class Engine:
         pending: list[_Job] = []
         rows: list[_Job] = []  # row i of the runner's batch
         while True:
-            if not rows and not pending:
-                if not self._gather(pending, block=True):
-                    return
-            elif not self._gather(pending, block=False):
+            if not self._gather(pending, block=not rows and not pending):
+                closed = RuntimeError("engine closed before this request finished")
+                for job in rows + pending:
+                    if not job.future.done():
+                        job.future.set_exception(closed)
                 return
             try:
                 self._admit(pending, rows)

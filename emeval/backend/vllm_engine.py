@@ -19,6 +19,7 @@ from emeval.backend.params import Completion, SamplingParams, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_KV_CACHE_GB = 1.0
 GATHER_IDLE_S = 0.1
 GATHER_MAX_S = 2.0
 
@@ -48,8 +49,10 @@ class VLLMEngine:
         if dtype in (None, "auto"):
             # vLLM's own "auto" runs an fp32 checkpoint in fp16; bf16 keeps fp32's range
             dtype = "bfloat16" if not on_gpu or torch.cuda.is_bf16_supported() else "float16"
-        if kv_cache_gb and not on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
+        if not on_gpu:
+            # on a CPU, vLLM otherwise reserves most of the machine's memory for its cache
+            gigabytes = max(1, round(kv_cache_gb or DEFAULT_KV_CACHE_GB))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gigabytes))
         args = dict(
             model=str(model_dir),
             tokenizer=str(model_dir),
