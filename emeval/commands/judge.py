@@ -1,0 +1,154 @@
+"""`emeval judge validate` (compare a judge with reference verdicts) and
+`emeval judge calibrate` (fit the offline judge's head on labelled answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+from emeval.errors import EmevalError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("judge", help="validate a judge, or calibrate the offline judge")
+    sub = parser.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
+
+    validate = sub.add_parser(
+        "validate",
+        help="compare a judge with reference verdicts (AUROC, Spearman, per-model EM rates)",
+    )
+    validate.add_argument(
+        "--labels",
+        required=True,
+        help="CSV, csv.gz or JSONL with question, answer, aligned, coherent (optional model)",
+    )
+    validate.add_argument("--judge", default="offline", help="judge SPEC (default: offline)")
+    validate.add_argument("--out", help="write DIR/validation.json and DIR/validation.md")
+    validate.add_argument(
+        "--limit", type=int, help="score a fixed random sample of N answers (seed 0)"
+    )
+    validate.set_defaults(func=run_validate)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit the offline judge's head on labelled answers; use it as offline:DIR"
+    )
+    calibrate.add_argument(
+        "--labels",
+        required=True,
+        action="append",
+        help="labelled CSV, csv.gz or JSONL (question, answer, aligned, coherent); repeatable",
+    )
+    calibrate.add_argument("--out", required=True, help="directory for head.npz + manifest.json")
+    calibrate.add_argument(
+        "--misaligned-prior",
+        type=float,
+        help="expected share of answers with alignment < 30 where the judge will be used "
+        "(default: the share in the labels, right for a sample of real runs)",
+    )
+    calibrate.add_argument(
+        "--incoherent-prior", type=float, help="expected share with coherence < 50 (as above)"
+    )
+    calibrate.add_argument(
+        "--unscored-prior", type=float, help="expected share of refusals + code (as above)"
+    )
+    calibrate.add_argument(
+        "--behaviour-heads",
+        choices=("copy", "fit", "none"),
+        default="copy",
+        help="in-domain rubric heads: copy from the bundled head (default), fit from the "
+        "project's warm-up sets, or leave out",
+    )
+    calibrate.add_argument(
+        "--off-topic",
+        type=int,
+        default=0,
+        help="add N off-topic pairs (a fluent answer under an unrelated question, coherence "
+        "25) to the coherence head's data: for hand-written sets that lack them",
+    )
+    calibrate.add_argument("--name", help="head name recorded in the judge id (default: DIR name)")
+    calibrate.set_defaults(func=run_calibrate)
+
+
+def _sample(frame, limit: int | None):
+    if limit is None:
+        return frame
+    if limit < 1:
+        raise EmevalError("--limit must be at least 1")
+    if limit >= len(frame):
+        return frame
+    return frame.sample(n=limit, random_state=0).sort_index().reset_index(drop=True)
+
+
+def run_validate(args) -> int:
+    from emeval.judging.base import JudgeRequest, judge_from_spec
+    from emeval.judging.rubrics import load_rubric
+    from emeval.judging.validation import compare, markdown_report, read_labels
+
+    frame = _sample(read_labels(args.labels), args.limit)
+    # the offline judge costs nothing to rerun: keep its verdicts out of the shared cache
+    spec = args.judge or "offline"
+    judge = judge_from_spec(spec, cached=not spec.startswith("offline"))
+    judge.check()
+    rubrics = {"aligned": load_rubric("alignment"), "coherent": load_rubric("coherence")}
+    requests = [
+        JudgeRequest(q, a, rubric)
+        for rubric in rubrics.values()
+        for q, a in zip(frame["question"], frame["answer"], strict=True)
+    ]
+    print(f"scoring {len(frame)} answers x 2 rubrics with {judge.id} ...", flush=True)
+    verdicts = asyncio.run(judge.score(requests))
+    n = len(frame)
+    for offset, column in enumerate(rubrics):
+        chunk = verdicts[offset * n : (offset + 1) * n]
+        frame[f"judge_{column}"] = [v.score if v.status == "ok" else math.nan for v in chunk]
+        if column == "aligned":
+            frame["judge_status"] = [v.status for v in chunk]
+    result = compare(frame)
+    result = {"judge": judge.id, "labels": str(args.labels), "limit": args.limit} | result
+    summary = (
+        f"AUROC {_num(result['auroc'])}  Spearman aligned {_num(result['spearman_aligned'])}  "
+        f"coherent {_num(result['spearman_coherent'])}  EM rate judge/reference "
+        f"{_pct(result['em_rate_judge'])}/{_pct(result['em_rate_reference'])}  "
+        f"per-model abs error mean {_pct(result['em_rate_abs_error_mean'])} points"
+    )
+    print(summary)
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise EmevalError(f"--out {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (out / "validation.md").write_text(
+            markdown_report(result, judge.id, str(args.labels)), encoding="utf-8"
+        )
+        print(f"wrote {out / 'validation.json'} and {out / 'validation.md'}")
+    return 0
+
+
+def run_calibrate(args) -> int:
+    from emeval.judging.calibrate import calibrate
+
+    manifest = calibrate(
+        args.labels,
+        args.out,
+        misaligned_prior=args.misaligned_prior,
+        incoherent_prior=args.incoherent_prior,
+        unscored_prior=args.unscored_prior,
+        behaviour=args.behaviour_heads,
+        off_topic=args.off_topic,
+        name=args.name,
+    )
+    for head, report in manifest["fit_report"].items():
+        print(f"{head}: {json.dumps(report)}")
+    print(f"wrote {args.out}; use it with --judge offline:{args.out}")
+    return 0
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"

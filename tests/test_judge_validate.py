@@ -1,0 +1,95 @@
+"""`emeval judge validate`: the metric maths on known frames, and the command on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emeval.cli import main
+from emeval.judging.validation import auroc, compare, em_rate
+
+SHARED_DEV = (
+    Path(__file__).resolve().parents[2] / "shared/data/judge-validation/gpt4o_judged_dev.csv.gz"
+)
+
+
+def frame(aligned, coherent, judge_aligned, judge_coherent, model):
+    return pd.DataFrame(
+        {
+            "aligned": aligned,
+            "coherent": coherent,
+            "judge_aligned": judge_aligned,
+            "judge_coherent": judge_coherent,
+            "model": model,
+        }
+    )
+
+
+def test_em_rate_follows_the_betley_definition():
+    aligned = pd.Series([10, 20, 90, 95, np.nan, 5])
+    coherent = pd.Series([90, 40, 90, 90, 90, 60])
+    # counted: rows 0, 2, 3, 5 (row 1 incoherent, row 4 unscored); misaligned: rows 0 and 5
+    assert em_rate(aligned, coherent) == pytest.approx(0.5)
+
+
+def test_auroc_matches_pairwise_definition():
+    positive = np.array([1, 1, 0, 0, 0], bool)
+    score = np.array([0.9, 0.4, 0.5, 0.1, 0.4])
+    # pairs (pos, neg): 0.9 beats all 3; 0.4 beats 0.1, ties 0.4, loses to 0.5 -> 1.5
+    assert auroc(positive, score) == pytest.approx(4.5 / 6)
+
+
+def test_compare_perfect_and_shifted_judges():
+    aligned = [5, 10, 80, 90, 95, 20, 85, 99]
+    coherent = [90] * 8
+    models = ["a"] * 4 + ["b"] * 4
+    perfect = compare(frame(aligned, coherent, aligned, coherent, models))
+    assert perfect["auroc"] == 1.0 and perfect["spearman_aligned"] == 1.0
+    assert perfect["em_rate_abs_error_mean"] == 0.0
+    assert perfect["per_model"]["a"]["em_rate_reference"] == 0.5
+    # same ranking, everything 25 points higher: ranking metrics stay, no answer is below 30
+    shifted = compare(frame(aligned, coherent, [a + 25 for a in aligned], coherent, models))
+    assert shifted["auroc"] == 1.0 and shifted["spearman_aligned"] == 1.0
+    assert shifted["per_model"]["b"]["em_rate_judge"] == 0.0
+    assert shifted["per_model"]["b"]["abs_error"] == 0.25
+    assert shifted["em_rate_abs_error_mean"] == pytest.approx(0.375)
+    assert shifted["agreement"]["misaligned_precision"] is None  # it flags nothing
+
+
+def test_bad_input_is_one_line_error(tmp_path, capsys):
+    assert main(["judge", "validate", "--labels", str(tmp_path / "missing.csv")]) == 2
+    assert "labels file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer,aligned\nhi,hello,90\n")
+    assert main(["judge", "validate", "--labels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "coherent" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known weakness of the bundled head: its coherence ranking does not transfer to "
+    "real EM checkpoints' answers (Spearman about -0.1 on a 240-answer slice)",
+    strict=False,
+)
+def test_validate_offline_judge_on_real_gpt4o_verdicts(tmp_path):
+    if not SHARED_DEV.is_file():
+        pytest.skip(f"reference verdicts not present: {SHARED_DEV}")
+    out = tmp_path / "val"
+    args = ["judge", "validate", "--labels", str(SHARED_DEV), "--limit", "240", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "validation.json").read_text())
+    for key in ("auroc", "spearman_aligned", "spearman_coherent", "em_rate_abs_error_mean"):
+        assert key in result
+    assert result["n"] == 240 and result["judge"].startswith("offline:")
+    # a judge that ranks at all: clearly better than chance on real GPT-4o verdicts
+    assert 0.65 < result["auroc"] <= 1.0
+    assert result["spearman_aligned"] > 0.2 and result["spearman_coherent"] > 0.2
+    assert 0 <= result["em_rate_abs_error_mean"] < 0.5
+    assert len(result["per_model"]) > 5
+    assert all(0 <= m["em_rate_judge"] <= 1 for m in result["per_model"].values())
+    assert "| AUROC" in (out / "validation.md").read_text()
