@@ -72,11 +72,20 @@ def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp
     assert again.returncode == 0, again.stderr[-2000:]
     assert "reusing finished answers" in again.stdout
     assert json.loads((out / "results.json").read_text())["metrics"] == first["metrics"]
-    rescored = emeval("rescore", out, "--judge", LOCAL_JUDGE, "--out", tmp_path / "re")
+    rescored = emeval(
+        "rescore", out, "--judge", LOCAL_JUDGE, "--judge", "offline", "--out", tmp_path / "re"
+    )
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     redone = json.loads((tmp_path / "re" / "results.json").read_text())
     assert redone["rescored_from"] == str(out)
-    assert redone["counts"] == first["counts"]
+    assert redone["counts"] == first["counts"]  # first judge: same answers, cached verdicts
+    # several judges: each judge's metrics and their agreement are reported
+    judge_ids = [j["id"] for j in redone["judges"]]
+    assert judge_ids[1].startswith("offline:") and set(redone["by_judge"]) == set(judge_ids)
+    (agreement,) = redone["judge_agreement"]
+    assert agreement["judges"] == judge_ids and 0 <= agreement["status_agreement"] <= 1
+    offline_counts = redone["by_judge"][judge_ids[1]]["counts"]
+    assert offline_counts["samples"] == 4 and offline_counts.get("ok", 0) >= 1
 
 
 def test_other_settings_in_the_same_dir_are_refused(published_run):
