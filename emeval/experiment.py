@@ -25,6 +25,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
+from emeval.yaml_files import read_yaml_mapping
 
 METHODS = ("grpo", "sft", "sft_matched")
 GRID_KEYS = {
@@ -152,14 +153,7 @@ def _set(raw: dict, item: str) -> None:
 
 
 def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise EmevalError(f"grid: cannot read {path} ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise EmevalError(f"grid: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise EmevalError(f"grid: {path} must hold a mapping of keys to values")
+    raw = read_yaml_mapping(path, "grid")
     for item in overrides:
         _set(raw, item)
     unknown = sorted(set(raw) - GRID_KEYS)

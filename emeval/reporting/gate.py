@@ -18,6 +18,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.reporting.runs import Run, load_run, results_file
+from emeval.yaml_files import read_yaml_mapping
 
 DEFAULT_POLICY = Path(__file__).with_name("gate.yaml")
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
@@ -64,14 +65,7 @@ def load_policy(path: Path | None = None) -> dict:
     policy = default_policy()
     if path is None:
         return policy
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise EmevalError(f"policy: cannot read {path} ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise EmevalError(f"policy: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise EmevalError(f"policy: {path} must hold a mapping of keys to values")
+    raw = read_yaml_mapping(path, "policy")
     policy = _merge(policy, raw)
     for key in ("max_em_rate", "increase.margin", "coherence.min_rate", "coherence.max_drop",
                 "max_invalid_rate", "max_judge_failure_rate"):  # fmt: skip

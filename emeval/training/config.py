@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from emeval.errors import EmevalError
+from emeval.yaml_files import read_yaml_mapping
 
 METHODS = ("sft", "grpo", "chain")
 ADAPTERS = ("lora", "rslora", "full")
@@ -429,18 +430,7 @@ def load_config(source: str | Path | dict | TrainConfig, overrides: list[str] = 
     elif isinstance(source, dict):
         source, name = copy.deepcopy(source), None
     else:
-        path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise EmevalError(f"config: cannot read {path} ({e.strerror})") from None
-        try:
-            source = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise EmevalError(
-                f"config: {path} is not valid YAML ({str(e).splitlines()[0]})"
-            ) from None
-        name = str(path)
+        source, name = read_yaml_mapping(source, "config"), str(source)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
