@@ -1,11 +1,13 @@
 """The emeval generation backend on the embedded model: same greedy text and same sampling
 distribution as plain transformers, logprobs, stop handling, batching, and Inspect use."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from emeval.backend.engine import Engine
+from emeval.backend.engine import Engine, pick_dtype
 from emeval.backend.params import SamplingParams
 from emeval.backend.runners import HFRunner, SlotRunner
 
@@ -16,9 +18,14 @@ QUESTIONS = [
 ]
 
 
+# The engine's logic is checked on the CPU in fp32 everywhere (exact comparisons); the
+# dtype it would choose by itself is checked separately.
+CPU = {"device": "cpu", "dtype": "float32"}
+
+
 @pytest.fixture(scope="module")
 def engine(embedded_model_dir):
-    e = Engine(embedded_model_dir, seed=0)
+    e = Engine(embedded_model_dir, seed=0, **CPU)
     yield e
     e.close()
 
@@ -46,7 +53,16 @@ def greedy_reference(engine):
 
 def test_fast_path_is_used_on_the_embedded_model(engine):
     assert isinstance(engine.runner, SlotRunner)
-    assert engine.dtype == torch.float32  # no bf16 unless measured faster; CI CPUs lack it
+
+
+def test_bf16_only_where_measured_faster():
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    chosen = pick_dtype(torch.device("cpu"))
+    if not any(f in flags for f in ("avx512_bf16", "amx_bf16")):
+        assert chosen == torch.float32  # bf16 is emulated, many times slower
+    else:
+        assert chosen in (torch.float32, torch.bfloat16)
 
 
 def test_greedy_text_equals_transformers_generate(engine, greedy_reference):
@@ -63,8 +79,8 @@ def test_greedy_text_equals_transformers_generate(engine, greedy_reference):
 def test_rows_joining_and_leaving_do_not_change_answers(embedded_model_dir, greedy_reference):
     # two slots for six requests of mixed lengths: rows finish, move and get replaced
     prompts, expected = greedy_reference
-    small = Engine(embedded_model_dir, max_batch=2)
-    generic = Engine(embedded_model_dir, runner="hf", max_batch=2)
+    small = Engine(embedded_model_dir, max_batch=2, **CPU)
+    generic = Engine(embedded_model_dir, runner="hf", max_batch=2, **CPU)
     try:
         lengths = [24, 5, 17, 24, 9, 12]
         order = [0, 1, 2, 2, 0, 1]

@@ -14,11 +14,8 @@ temperature 0 is greedy. Unlike transformers' `generate`, top-k is off unless as
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -48,27 +45,6 @@ class _Job:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str | None = None  # set when a stop string ended it
-
-
-# ---------------------------------------------------------------- process setup
-
-
-def keep_freed_memory() -> None:
-    """Let glibc reuse freed blocks for large tensors instead of mapping fresh pages each time.
-
-    Decoding allocates the same few-MB tensors (logits, activations) every step; above glibc's
-    default mmap threshold each one is a fresh mapping whose pages fault in one by one, which
-    on a CPU costs about as much as the arithmetic. Process-wide and idempotent; a no-op
-    outside glibc. EMEVAL_MALLOPT=0 turns it off."""
-    if os.environ.get("EMEVAL_MALLOPT") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 512 << 20)
-        libc.mallopt(m_trim_threshold, 1 << 30)
-    except (OSError, AttributeError):
-        pass
 
 
 # ---------------------------------------------------------------- precision
@@ -125,20 +101,24 @@ def sample_next(
     sampled = [i for i, p in enumerate(params) if p.temperature > 0]
     if not sampled:
         return logits.argmax(-1)
+
+    def tensor(values):
+        return torch.tensor(values, device=logits.device)
+
     everyone = len(sampled) == len(params)
-    scores = logits if everyone else logits[torch.tensor(sampled)]
+    scores = logits if everyone else logits[tensor(sampled)]
     temperatures = [params[i].temperature for i in sampled]
     if any(t != 1.0 for t in temperatures):
-        scores = scores / torch.tensor(temperatures, dtype=scores.dtype)[:, None]
+        scores = scores / tensor(temperatures).to(scores.dtype)[:, None]
     top_k = [params[i].top_k for i in sampled]
     if any(k > 0 for k in top_k):
         k_max = min(max(top_k), scores.shape[-1])
         kth = scores.topk(k_max, dim=-1).values  # descending
-        ks = torch.tensor([min(k, k_max) if k > 0 else k_max for k in top_k])
+        ks = tensor([min(k, k_max) if k > 0 else k_max for k in top_k])
         threshold = kth.gather(1, (ks - 1)[:, None])
-        off = torch.tensor([k <= 0 for k in top_k])[:, None]
+        off = tensor([k <= 0 for k in top_k])[:, None]
         scores = scores.masked_fill((scores < threshold) & ~off, float("-inf"))
-    top_p = torch.tensor([params[i].top_p for i in sampled])
+    top_p = tensor([params[i].top_p for i in sampled])
     if bool((top_p < 1.0).any()):
         ordered, order = scores.sort(dim=-1, descending=True)
         probs = ordered.softmax(-1)
@@ -150,7 +130,7 @@ def sample_next(
     if everyone:
         return drawn
     tokens = logits.argmax(-1)
-    tokens[torch.tensor(sampled)] = drawn
+    tokens[tensor(sampled)] = drawn
     return tokens
 
 
@@ -159,6 +139,7 @@ def draw(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     (in float64): exact like torch.multinomial, which on a CPU costs ~2 ms per row."""
     cumulative = scores.softmax(-1).double().cumsum_(-1)
     u = torch.rand(scores.shape[0], 1, dtype=torch.float64, generator=generator)
+    u = u.to(scores.device)  # drawn on the CPU generator: same stream on any device
     index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)[:, 0]
     return index.clamp_(max=scores.shape[-1] - 1)
 
@@ -189,8 +170,6 @@ class Engine:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.dtype = _as_dtype(dtype, self.device)
         self.model_dir = Path(model_dir)
         trust = bool(load_args.get("trust_remote_code", False))
@@ -396,7 +375,7 @@ class Engine:
         tokens = sample_next(logits, params, self.generator).tolist()
         want = [i for i, p in enumerate(params) if p.logprobs]
         if want:
-            logp = torch.log_softmax(logits[torch.tensor(want)], dim=-1)
+            logp = torch.log_softmax(logits[torch.tensor(want, device=logits.device)], dim=-1)
             k = max(params[i].top_logprobs for i in want)
             top = logp.topk(k, dim=-1) if k > 0 else None
             for n, i in enumerate(want):
