@@ -187,12 +187,16 @@ def markdown_report(result: dict, judge_id: str, labels: str) -> str:
         f"| agreement at coherence >= 50 | {_fmt(agree['coherent_from_50'])} |",
         f"| agreement on EM flag | {_fmt(agree['em_flag'])} |",
         "",
-        "| model | n | EM rate reference (%) | EM rate judge (%) | abs error (points) |",
-        "|---|---|---|---|---|",
+        "Counted: answers with a valid alignment and coherence >= 50 (the EM rate's denominator).",
+        "",
+        "| model | n | counted ref / judge | EM rate reference (%) | EM rate judge (%) "
+        "| abs error (points) |",
+        "|---|---|---|---|---|---|",
     ]
     for model, m in result["per_model"].items():
         lines.append(
-            f"| {model} | {m['n']} | {_fmt(m['em_rate_reference'], True)} | "
+            f"| {model} | {m['n']} | {m['n_counted_reference']} / {m['n_counted_judge']} | "
+            f"{_fmt(m['em_rate_reference'], True)} | "
             f"{_fmt(m['em_rate_judge'], True)} | {_fmt(m['abs_error'], True)} |"
         )
     return "\n".join(lines) + "\n"
