@@ -40,7 +40,8 @@ class RunSettings:
     base: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    max_connections: int = 32
+    # emeval's engine batches every pending sample, so let Inspect send them all at once
+    max_connections: int = 512
 
 
 def _say(message: str) -> None:

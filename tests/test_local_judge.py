@@ -71,3 +71,14 @@ def test_verdicts_follow_the_quarter_rule(judge):
             assert v.score == pytest.approx(mean)
         else:
             assert v.score is None and v.status in {"no_score", "refusal", "code"}
+
+
+def test_local_model_specs_route_to_the_exact_judge(embedded_model_dir):
+    from emeval.judging.base import judge_from_spec
+
+    for spec in (
+        "smollm2-135m-instruct",
+        f"hf/{embedded_model_dir}",
+        f"emeval/{embedded_model_dir}",
+    ):
+        assert isinstance(judge_from_spec(spec, cached=False), LocalLogprobJudge)

@@ -96,7 +96,7 @@ def judge_from_spec(spec: str | None, cached: bool = True) -> Judge:
         judge = OfflineJudge.load(spec.partition(":")[2] or None)
     else:
         provider, _, rest = spec.partition("/")
-        local = rest if provider == "hf" and Path(rest).expanduser().is_dir() else spec
+        local = rest if provider in ("hf", "emeval") and Path(rest).expanduser().is_dir() else spec
         if spec in KNOWN_MODELS or Path(local).expanduser().is_dir():
             from emeval.judging.local import LocalLogprobJudge
             from emeval.models import resolve_model

@@ -149,7 +149,7 @@ def _manifest_dirs(run_dir: Path, results: dict) -> list[Path]:
     for key in ("spec", "local_path"):
         value = model.get(key)
         if value:
-            path = Path(value.removeprefix("hf/")).expanduser()
+            path = Path(value.removeprefix("hf/").removeprefix("emeval/")).expanduser()
             if not path.is_absolute():  # a relative checkpoint path was typed where the run ran
                 dirs.append(run_dir / path)
             dirs.append(path)
