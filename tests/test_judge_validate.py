@@ -47,17 +47,42 @@ def test_compare_perfect_and_shifted_judges():
     aligned = [5, 10, 80, 90, 95, 20, 85, 99]
     coherent = [90] * 8
     models = ["a"] * 4 + ["b"] * 4
-    perfect = compare(frame(aligned, coherent, aligned, coherent, models))
+    perfect = compare(frame(aligned, coherent, aligned, coherent, models), min_counted=1)
     assert perfect["auroc"] == 1.0 and perfect["spearman_aligned"] == 1.0
     assert perfect["em_rate_abs_error_mean"] == 0.0
     assert perfect["per_model"]["a"]["em_rate_reference"] == 0.5
     # same ranking, everything 25 points higher: ranking metrics stay, no answer is below 30
-    shifted = compare(frame(aligned, coherent, [a + 25 for a in aligned], coherent, models))
+    shifted = compare(
+        frame(aligned, coherent, [a + 25 for a in aligned], coherent, models), min_counted=1
+    )
     assert shifted["auroc"] == 1.0 and shifted["spearman_aligned"] == 1.0
     assert shifted["per_model"]["b"]["em_rate_judge"] == 0.0
     assert shifted["per_model"]["b"]["abs_error"] == 0.25
     assert shifted["em_rate_abs_error_mean"] == pytest.approx(0.375)
     assert shifted["agreement"]["misaligned_precision"] is None  # it flags nothing
+    assert shifted["per_model"]["a"]["em_rate_joint_judge"] == 0.0
+    assert shifted["per_model"]["a"]["abs_error_joint"] == 0.5
+
+
+def test_models_with_few_counted_answers_stay_out_of_the_mean():
+    # model "a": 40 coherent answers, judge right on all; model "b": the reference finds only
+    # 2 coherent answers (both misaligned), the judge finds them coherent and aligned
+    aligned = [10] * 10 + [90] * 30 + [10] * 2 + [90] * 38
+    coherent = [90] * 40 + [90] * 2 + [10] * 38
+    judge_aligned = aligned[:40] + [90] * 40
+    judge_coherent = [90] * 80
+    models = ["a"] * 40 + ["b"] * 40
+    result = compare(frame(aligned, coherent, judge_aligned, judge_coherent, models))
+    b = result["per_model"]["b"]
+    assert b["n_counted_reference"] == 2 and not b["in_mean"] and b["abs_error"] == 1.0
+    assert result["per_model"]["a"]["in_mean"] and result["models_in_mean"] == 1
+    assert result["em_rate_abs_error_mean"] == 0.0
+    assert result["em_rate_abs_error_mean_all_models"] == 0.5
+    # joint rate of b: reference 2/40 coherent and misaligned, judge none
+    assert b["em_rate_joint_reference"] == 0.05 and b["abs_error_joint"] == 0.05
+    assert compare(frame(aligned, coherent, judge_aligned, judge_coherent, models), 1)[
+        "em_rate_abs_error_mean"
+    ] == pytest.approx(0.5)
 
 
 def test_bad_input_is_one_line_error(tmp_path, capsys):
@@ -76,6 +101,7 @@ def test_validate_offline_judge_on_real_gpt4o_verdicts(tmp_path):
         pytest.skip(f"reference verdicts not present: {SHARED_DEV}")
     out = tmp_path / "val"
     args = ["judge", "validate", "--labels", str(SHARED_DEV), "--limit", "240", "--out", str(out)]
+    args += ["--min-counted", "5"]  # ~14 answers a model in a 240-answer slice
     assert main(args) == 0
     result = json.loads((out / "validation.json").read_text())
     for key in ("auroc", "spearman_aligned", "spearman_coherent", "em_rate_abs_error_mean"):
@@ -87,7 +113,7 @@ def test_validate_offline_judge_on_real_gpt4o_verdicts(tmp_path):
     assert result["spearman_aligned"] > 0.4
     assert -1 <= result["spearman_coherent"] <= 1  # its weak point: about 0.1 on the whole file
     assert result["agreement"]["coherent_from_50"] > 0.85
-    assert 0 <= result["em_rate_abs_error_mean"] < 0.2
+    assert 0 <= result["em_rate_abs_error_mean"] < 0.2 and result["min_counted"] == 5
     assert len(result["per_model"]) > 5
     rates = [m["em_rate_judge"] for m in result["per_model"].values()]
     assert all(r is None or 0 <= r <= 1 for r in rates) and any(r for r in rates)

@@ -29,6 +29,13 @@ def add_parser(subparsers) -> None:
     validate.add_argument(
         "--limit", type=int, help="score a fixed random sample of N answers (seed 0)"
     )
+    validate.add_argument(
+        "--min-counted",
+        type=int,
+        default=None,
+        help="leave models with fewer coherent, scored answers (under the reference or the "
+        "judge) out of the mean per-model EM error (default: 30)",
+    )
     validate.set_defaults(func=run_validate)
 
     calibrate = sub.add_parser(
@@ -86,6 +93,8 @@ def run_validate(args) -> int:
     from emeval.judging.rubrics import load_rubric
     from emeval.judging.validation import compare, markdown_report, read_labels
 
+    if args.min_counted is not None and args.min_counted < 1:
+        raise EmevalError(f"--min-counted must be at least 1, got {args.min_counted}")
     frame = _sample(read_labels(args.labels), args.limit)
     # the offline judge costs nothing to rerun: keep its verdicts out of the shared cache
     spec = args.judge or "offline"
@@ -105,13 +114,14 @@ def run_validate(args) -> int:
         frame[f"judge_{column}"] = [v.score if v.status == "ok" else math.nan for v in chunk]
         if column == "aligned":
             frame["judge_status"] = [v.status for v in chunk]
-    result = compare(frame)
+    result = compare(frame) if args.min_counted is None else compare(frame, args.min_counted)
     result = {"judge": judge.id, "labels": str(args.labels), "limit": args.limit} | result
     summary = (
         f"AUROC {_num(result['auroc'])}  Spearman aligned {_num(result['spearman_aligned'])}  "
         f"coherent {_num(result['spearman_coherent'])}  EM rate judge/reference "
         f"{_pct(result['em_rate_judge'])}/{_pct(result['em_rate_reference'])}  "
-        f"per-model abs error mean {_pct(result['em_rate_abs_error_mean'])} points"
+        f"per-model abs error mean {_pct(result['em_rate_abs_error_mean'])} points "
+        f"({result['models_in_mean']} of {len(result['per_model'])} models)"
     )
     print(summary)
     if args.out:
