@@ -212,8 +212,8 @@ def markdown_report(result: dict, judge_id: str, labels: str) -> str:
         f"| Spearman, coherence | {_fmt(result['spearman_coherent'])} |",
         f"| EM rate, reference / judge (%) | {_fmt(result['em_rate_reference'], True)} / "
         f"{_fmt(result['em_rate_judge'], True)} |",
-        f"| per-model EM rate abs error, mean / max (points; {result['models_in_mean']} models "
-        f"with >= {result['min_counted']} counted answers under both) | "
+        f"| per-model EM rate abs error, mean / max (points; {result['models_in_mean']} of "
+        f"{len(result['per_model'])} models: >= {result['min_counted']} counted under both) | "
         f"{_fmt(result['em_rate_abs_error_mean'], True)} / "
         f"{_fmt(result['em_rate_abs_error_max'], True)} |",
         f"| per-model EM rate abs error, mean over every model (points) | "
