@@ -48,6 +48,11 @@ class Spans:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-connections", type=int, help="passed to emeval run")
+    parser.add_argument(
+        "--warm-judge-cache",
+        action="store_true",
+        help="use emeval's judge-call cache (default: an empty one, so judging is timed)",
+    )
     parser.add_argument("run_args", nargs="*", help="more `emeval run` arguments after --")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,6 +95,13 @@ def main() -> int:
     runner._write_from_log = timed_write
 
     with tempfile.TemporaryDirectory() as out:
+        if not args.warm_judge_cache:  # the run is seeded: a rerun would hit cached verdicts
+            init = base.JudgeCache.__init__
+
+            def fresh_cache(self, path=None):
+                init(self, path or Path(out) / "judge_cache.sqlite")
+
+            base.JudgeCache.__init__ = fresh_cache
         argv = ["run", "--out", str(Path(out) / "run")] + args.run_args
         if args.max_connections:
             argv += ["--max-connections", str(args.max_connections)]
