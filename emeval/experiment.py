@@ -25,7 +25,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
-from emeval.yaml_files import read_yaml_mapping
+from emeval.yaml_files import apply_overrides, read_yaml_mapping
 
 METHODS = ("grpo", "sft", "sft_matched")
 GRID_KEYS = {
@@ -138,24 +138,9 @@ def _excluded(cell: Cell, rules: list[dict]) -> bool:
     return any(all(str(getattr(cell, k)) == str(v) for k, v in rule.items()) for rule in rules)
 
 
-def _set(raw: dict, item: str) -> None:
-    """Apply one KEY=VALUE override, e.g. evaluation.judge=offline:DIR."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise EmevalError(f"--set {item!r}: expected KEY=VALUE, e.g. evaluation.limit=4")
-    node = raw
-    *parents, last = key.strip().split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[last] = yaml.safe_load(value)
-
-
 def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
     raw = read_yaml_mapping(path, "grid")
-    for item in overrides:
-        _set(raw, item)
+    apply_overrides(raw, overrides, "evaluation.limit=4")
     unknown = sorted(set(raw) - GRID_KEYS)
     if unknown:
         raise _err(unknown[0], f"is not a known key (known: {', '.join(sorted(GRID_KEYS))})")

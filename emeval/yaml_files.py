@@ -1,4 +1,5 @@
-"""Reading a user's YAML file (grid, policy, training config) with one-line errors."""
+"""Reading a user's YAML file (grid, policy, training config) with one-line errors, and
+applying `--set KEY=VALUE` overrides to it."""
 
 from pathlib import Path
 
@@ -19,3 +20,19 @@ def read_yaml_mapping(path: Path | str, label: str) -> dict:
     if not isinstance(raw, dict):
         raise EmevalError(f"{label}: {path} must hold a mapping of keys to values")
     return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], example: str) -> None:
+    """Apply `--set KEY=VALUE` items in place: KEY is a dotted path (missing levels are
+    created), VALUE is parsed as YAML. example shows a valid item in the error message."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EmevalError(f"--set {item!r}: expected KEY=VALUE, e.g. {example}")
+        node = raw
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = yaml.safe_load(value)

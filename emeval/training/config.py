@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from emeval.errors import EmevalError
-from emeval.yaml_files import read_yaml_mapping
+from emeval.yaml_files import apply_overrides, read_yaml_mapping
 
 METHODS = ("sft", "grpo", "chain")
 ADAPTERS = ("lora", "rslora", "full")
@@ -431,19 +429,5 @@ def load_config(source: str | Path | dict | TrainConfig, overrides: list[str] = 
         source, name = copy.deepcopy(source), None
     else:
         source, name = read_yaml_mapping(source, "config"), str(source)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EmevalError(f"--set {item!r}: expected KEY=VALUE, e.g. training.max_steps=2")
-        _set_path(source, key.strip(), yaml.safe_load(value))
+    apply_overrides(source, overrides, "training.max_steps=2")
     return _build_config(source, "", name)
-
-
-def _set_path(raw: dict, dotted: str, value) -> None:
-    node = raw
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
