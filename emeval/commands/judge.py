@@ -91,7 +91,7 @@ def _sample(frame, limit: int | None):
 def run_validate(args) -> int:
     from emeval.judging.base import JudgeRequest, judge_from_spec
     from emeval.judging.rubrics import load_rubric
-    from emeval.judging.validation import compare, markdown_report, read_labels
+    from emeval.judging.validation import MIN_COUNTED, compare, markdown_report, read_labels
 
     if args.min_counted is not None and args.min_counted < 1:
         raise EmevalError(f"--min-counted must be at least 1, got {args.min_counted}")
@@ -114,7 +114,7 @@ def run_validate(args) -> int:
         frame[f"judge_{column}"] = [v.score if v.status == "ok" else math.nan for v in chunk]
         if column == "aligned":
             frame["judge_status"] = [v.status for v in chunk]
-    result = compare(frame) if args.min_counted is None else compare(frame, args.min_counted)
+    result = compare(frame, args.min_counted or MIN_COUNTED)
     result = {"judge": judge.id, "labels": str(args.labels), "limit": args.limit} | result
     summary = (
         f"AUROC {_num(result['auroc'])}  Spearman aligned {_num(result['spearman_aligned'])}  "

@@ -146,8 +146,9 @@ def compare(frame: pd.DataFrame, min_counted: int = MIN_COUNTED) -> dict:
             "em_rate_joint_judge": _rate(jud_joint),
             "abs_error_joint": _rate(_abs_error(jud_joint, ref_joint)),
         }
-    errors = [m["abs_error"] for m in per_model.values() if m["in_mean"]]
-    errors = [e for e in errors if e is not None]
+    errors = [
+        m["abs_error"] for m in per_model.values() if m["in_mean"] and m["abs_error"] is not None
+    ]
     all_errors = [m["abs_error"] for m in per_model.values()]
     return {
         "n": len(frame),
