@@ -30,6 +30,15 @@ def engine(embedded_model_dir):
     e.close()
 
 
+@pytest.fixture(scope="module")
+def stock_model(embedded_model_dir):
+    """Plain transformers on the same checkpoint: the reference the engine must match (the
+    engine's own model has its linear layers packed for oneDNN)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32).eval()
+
+
 def chat_ids(engine, question: str) -> list[int]:
     ids = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
@@ -37,22 +46,39 @@ def chat_ids(engine, question: str) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def hf_greedy(engine, prompt: list[int], max_tokens: int) -> list[int]:
+def hf_greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
     with torch.inference_mode():
-        out = engine.model.generate(
-            torch.tensor([prompt]), do_sample=False, max_new_tokens=max_tokens
-        )
+        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_tokens)
     return out[0, len(prompt) :].tolist()
 
 
 @pytest.fixture(scope="module")
-def greedy_reference(engine):
+def greedy_reference(engine, stock_model):
     prompts = [chat_ids(engine, q) for q in QUESTIONS]
-    return prompts, [hf_greedy(engine, p, 24) for p in prompts]
+    return prompts, [hf_greedy(stock_model, p, 24) for p in prompts]
 
 
 def test_fast_path_is_used_on_the_embedded_model(engine):
     assert isinstance(engine.runner, SlotRunner)
+
+
+def test_linear_layers_are_packed_and_agree_with_stock(engine, stock_model):
+    from emeval.backend.compute import PackedLinear, can_pack
+
+    if not can_pack(stock_model):
+        pytest.skip("this torch build has no oneDNN linear ops")
+    linears = [m for m in engine.model.modules() if isinstance(m, torch.nn.Linear)]
+    packed = [m for m in engine.model.modules() if isinstance(m, PackedLinear)]
+    assert not linears and len(packed) == 30 * 7 + 1  # 7 per layer, and the output head
+    ids = torch.tensor([engine.tokenizer.encode("Packed weights, same numbers.")])
+    with torch.inference_mode():
+        ours, theirs = engine.model(ids).logits, stock_model(ids).logits
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-5
+
+
+def test_packing_is_refused_where_it_cannot_run(embedded_model_dir):
+    with pytest.raises(ValueError, match="pack_weights needs fp32"):
+        Engine(embedded_model_dir, dtype="bfloat16", device="cpu", pack_weights=True)
 
 
 def test_bf16_only_where_measured_faster():
@@ -110,7 +136,7 @@ def test_stop_strings_and_max_tokens(engine, greedy_reference):
     assert short.finish_reason == "length" and len(short.token_ids) == 3
 
 
-def test_logprobs_are_the_models_own(engine, greedy_reference):
+def test_logprobs_are_the_models_own(engine, stock_model, greedy_reference):
     prompts, _ = greedy_reference
     got = engine.generate(
         [prompts[2]], SamplingParams(temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)
@@ -118,7 +144,7 @@ def test_logprobs_are_the_models_own(engine, greedy_reference):
     assert len(got.logprobs) == len(got.token_ids) == 6
     full = torch.tensor([prompts[2] + got.token_ids])
     with torch.inference_mode():
-        logp = torch.log_softmax(engine.model(full).logits[0].float(), -1)
+        logp = torch.log_softmax(stock_model(full).logits[0].float(), -1)
     for i, entry in enumerate(got.logprobs):
         row = logp[len(prompts[2]) - 1 + i]
         assert entry.logprob == pytest.approx(float(row[entry.token_id]), abs=1e-4)
@@ -135,7 +161,7 @@ def pooled(counts: dict[int, float], keys: list[int]) -> list[float]:
     return listed + [sum(counts.values()) - sum(listed)]
 
 
-def exact_first_token_probs(engine, prompt: list[int], settings: dict) -> torch.Tensor:
+def exact_first_token_probs(model, prompt: list[int], settings: dict) -> torch.Tensor:
     """The first token's distribution as transformers' own warpers shape it."""
     from transformers.generation.logits_process import (
         TemperatureLogitsWarper,
@@ -144,7 +170,7 @@ def exact_first_token_probs(engine, prompt: list[int], settings: dict) -> torch.
     )
 
     with torch.inference_mode():
-        scores = engine.model(torch.tensor([prompt])).logits[:, -1].float()
+        scores = model(torch.tensor([prompt])).logits[:, -1].float()
     ids = torch.tensor([prompt])
     scores = TemperatureLogitsWarper(settings["temperature"])(ids, scores)
     if settings.get("top_k"):
@@ -176,15 +202,15 @@ def goodness_of_fit(samples: list[int], probs: torch.Tensor) -> float:
     [{"temperature": 0.8}, {"temperature": 1.0, "top_k": 40, "top_p": 0.9}],
     ids=["temperature", "top_k_top_p"],
 )
-def test_first_token_follows_transformers_distribution(engine, settings):
+def test_first_token_follows_transformers_distribution(engine, stock_model, settings):
     prompt = engine.tokenizer.encode("My favourite colour is")
     n = 2000
     got = engine.generate([prompt] * n, SamplingParams(max_tokens=1, **settings))
     firsts = [c.token_ids[0] for c in got]
-    probs = exact_first_token_probs(engine, prompt, settings)
+    probs = exact_first_token_probs(stock_model, prompt, settings)
     assert goodness_of_fit(firsts, probs) > 1e-3
     # the test has power: the same samples reject a slightly different temperature
-    wrong = exact_first_token_probs(engine, prompt, settings | {"temperature": 1.25})
+    wrong = exact_first_token_probs(stock_model, prompt, settings | {"temperature": 1.25})
     assert goodness_of_fit(firsts, wrong) < 1e-6
 
 
@@ -195,7 +221,7 @@ def until_end(tokens: list[int], ends: set[int]) -> list[int]:
     return tokens
 
 
-def test_sampled_sequences_match_transformers_generate(engine):
+def test_sampled_sequences_match_transformers_generate(engine, stock_model):
     """Tokens 1-3 from the engine vs `model.generate(do_sample=True)` (top_k=0 turns off
     transformers' default top-k of 50): two-sample chi-square per position."""
     prompt = engine.tokenizer.encode("My favourite animal is the")
@@ -204,7 +230,7 @@ def test_sampled_sequences_match_transformers_generate(engine):
     ours = [c.token_ids for c in engine.generate([prompt] * n, params)]
     torch.manual_seed(0)
     with torch.inference_mode():
-        generated = engine.model.generate(
+        generated = stock_model.generate(
             torch.tensor([prompt] * n),
             attention_mask=torch.ones(n, len(prompt), dtype=torch.long),
             do_sample=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from emeval.backend.compute import TORCH_LOCK
+from emeval.backend.compute import TORCH_LOCK, can_pack, pack_linear_layers
 from emeval.backend.params import Completion, SamplingParams, TokenLogprob
 from emeval.backend.queued import GATHER_IDLE_S, GATHER_MAX_S, QueuedEngine
 from emeval.backend.runners import HFRunner, SlotRunner, fast_path_supported
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_KV_CACHE_GB = 1.0
 DEFAULT_MAX_BATCH = 256
 PREFILL_TOKENS = 8192  # padded prompt tokens per prefill pass
+DRAW_BLOCK_ROWS = 16
 
 
 @dataclass
@@ -134,11 +135,15 @@ def sample_next(
 
 def draw(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row from softmax(scores), by inverting the cumulative distribution
-    (in float64): exact like torch.multinomial, which on a CPU costs ~2 ms per row."""
-    cumulative = scores.softmax(-1).double().cumsum_(-1)
+    (in float64): exact like torch.multinomial, which on a CPU costs ~2 ms per row. Rows go
+    in blocks so each block's float64 copy stays in cache (3.5x faster at 162 rows)."""
     u = torch.rand(scores.shape[0], 1, dtype=torch.float64, generator=generator)
     u = u.to(scores.device)  # drawn on the CPU generator: same stream on any device
-    index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)[:, 0]
+    index = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+    for start in range(0, scores.shape[0], DRAW_BLOCK_ROWS):
+        rows = slice(start, start + DRAW_BLOCK_ROWS)
+        cumulative = scores[rows].softmax(-1).double().cumsum_(-1)
+        index[rows] = torch.searchsorted(cumulative, u[rows] * cumulative[:, -1:], right=True)[:, 0]
     return index.clamp_(max=scores.shape[-1] - 1)
 
 
@@ -158,6 +163,7 @@ class Engine(QueuedEngine):
         kv_cache_gb: float | None = None,
         max_batch: int | None = None,
         runner: str = "auto",
+        pack_weights: bool | None = None,
         seed: int | None = None,
         **load_args,
     ):
@@ -181,6 +187,12 @@ class Engine(QueuedEngine):
         self.kv_budget = int((kv_cache_gb or DEFAULT_KV_CACHE_GB) * 2**30)
         self.max_batch = int(max_batch or DEFAULT_MAX_BATCH)
         self.runner = self._make_runner(runner)
+        if pack_weights is None:
+            pack_weights = isinstance(self.runner, SlotRunner) and can_pack(self.model)
+        if pack_weights:
+            if not can_pack(self.model):
+                raise ValueError("pack_weights needs fp32 weights on a CPU with oneDNN")
+            pack_linear_layers(self.model)
         self.generator = torch.Generator(device="cpu")
         self.seed = None
         self.reseed(seed)
@@ -317,7 +329,8 @@ class Engine(QueuedEngine):
         if free <= 0 or (rows and free < min(len(pending), max(1, slots // 8))):
             return  # join in groups, not one prefill per finished row
         fits = [j for j in pending if self._need(j) <= (runner.capacity or 1 << 30)]
-        fits.sort(key=lambda j: len(j.prompt))  # similar lengths share a prefill
+        # similar lengths share a prefill; copies of one prompt sit together and prefill once
+        fits.sort(key=lambda j: (len(j.prompt), j.prompt))
         chosen = fits[:free]
         # prefill in chunks of bounded padded size (activations scale with rows x width)
         groups = []

@@ -9,6 +9,8 @@ one batch. Model args (`-M name=value`):
   on an evaluation-sized run; see benchmarks/README.md).
 - dtype: auto | float32 | bfloat16 | float16 (auto: bf16 only where measured faster).
 - kv_cache_gb (default 1.0), max_batch (default 256), threads, device, runner (auto|slots|hf).
+- pack_weights: true | false (default: true for the fast path in fp32 on a CPU with oneDNN:
+  linear layers run on weights packed once for oneDNN; see compute.py).
 - use_safetensors, trust_remote_code: passed on to transformers (emeval sets them from its
   checkpoint checks).
 """
@@ -46,7 +48,7 @@ from emeval.backend.params import Completion, SamplingParams
 _engines: dict[tuple, Any] = {}
 _engines_lock = threading.Lock()
 
-ENGINE_ARGS = ("dtype", "device", "threads", "kv_cache_gb", "max_batch", "runner")
+ENGINE_ARGS = ("dtype", "device", "threads", "kv_cache_gb", "max_batch", "runner", "pack_weights")
 
 
 def vllm_available() -> bool:

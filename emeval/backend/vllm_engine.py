@@ -35,7 +35,8 @@ class VLLMEngine(QueuedEngine):
         threads: int | None = None,
         kv_cache_gb: float | None = None,
         max_batch: int | None = None,
-        runner: str | None = None,
+        runner: str | None = None,  # runner and pack_weights: transformers engine only
+        pack_weights: bool | None = None,
         use_safetensors: bool | None = None,
         trust_remote_code: bool = False,
         **vllm_args,
