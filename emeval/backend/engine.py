@@ -187,11 +187,12 @@ class Engine(QueuedEngine):
         self.kv_budget = int((kv_cache_gb or DEFAULT_KV_CACHE_GB) * 2**30)
         self.max_batch = int(max_batch or DEFAULT_MAX_BATCH)
         self.runner = self._make_runner(runner)
+        packable = can_pack(self.model)
         if pack_weights is None:
-            pack_weights = isinstance(self.runner, SlotRunner) and can_pack(self.model)
+            pack_weights = packable and isinstance(self.runner, SlotRunner)
+        if pack_weights and not packable:
+            raise ValueError("pack_weights needs fp32 weights on a CPU with oneDNN")
         if pack_weights:
-            if not can_pack(self.model):
-                raise ValueError("pack_weights needs fp32 weights on a CPU with oneDNN")
             pack_linear_layers(self.model)
         self.generator = torch.Generator(device="cpu")
         self.seed = None
