@@ -124,6 +124,27 @@ def test_rows_joining_and_leaving_do_not_change_answers(embedded_model_dir, gree
         generic.close()
 
 
+def test_stale_cache_memory_never_reaches_an_answer(embedded_model_dir, greedy_reference):
+    # the cache is allocated uninitialised: whatever the memory held before (NaN here) must
+    # not leak through the masked positions of rows shorter than the longest one
+    prompts, expected = greedy_reference
+    e = Engine(embedded_model_dir, max_batch=2, **CPU)
+    try:
+        e.runner.reserve(2, 256)
+        e.runner.keys.fill_(float("nan"))
+        e.runner.values.fill_(float("nan"))
+        lengths = [5, 24, 9, 17]
+        order = [1, 0, 2, 1]
+        futures = [
+            e.submit(prompts[i], SamplingParams(temperature=0, max_tokens=n))
+            for i, n in zip(order, lengths, strict=True)
+        ]
+        for f, i, n in zip(futures, order, lengths, strict=True):
+            assert f.result(timeout=120).token_ids == expected[i][:n]
+    finally:
+        e.close()
+
+
 def test_stop_strings_and_max_tokens(engine, greedy_reference):
     prompts, expected = greedy_reference
     full = engine.tokenizer.decode(expected[0], skip_special_tokens=True)

@@ -63,6 +63,10 @@ class SlotRunner:
         self.values: torch.Tensor | None = None
         self.lengths = torch.zeros(0, dtype=torch.long)
         self.n = 0
+        # positions [0, clean) of every running row hold finite numbers and no row is longer
+        # than clean: decoding reads up to the longest row, and a NaN left in memory would
+        # pass through a masked position (its weight is 0, but 0 * NaN is NaN)
+        self.clean = 0
 
     # ------------------------------------------------------------ memory
 
@@ -92,6 +96,12 @@ class SlotRunner:
         self.keys = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.values = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.clean = 0
+
+    def _clear(self, rows: slice, start: int, stop: int) -> None:
+        if stop > start:
+            self.keys[:, rows, :, start:stop] = 0
+            self.values[:, rows, :, start:stop] = 0
 
     def release(self) -> None:
         self.keys = self.values = None
@@ -127,6 +137,10 @@ class SlotRunner:
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask = (causal[None] & (positions < lengths[:, None])[:, None, :])[:, None]
         rows = slice(self.n, self.n + len(prompts))
+        # the layers below write [0, width) of the new rows
+        self._clear(rows, width, self.clean)
+        self._clear(slice(0, self.n), self.clean, width)
+        self.clean = max(self.clean, width)
 
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, positions)
@@ -156,6 +170,9 @@ class SlotRunner:
         # decoding: every query head of a group sees the same keys, so the group's heads
         # ride along as extra query positions instead of copying the keys per head
         mask = (torch.arange(width, device=self.device) <= lengths[:, None])[:, None, None, :]
+        if width > self.clean:
+            self._clear(slice(0, n), self.clean, width)
+            self.clean = width
 
         h = self.inner.embed_tokens(tokens.to(self.device))[:, None]
         cos, sin = self.inner.rotary_emb(h, lengths[:, None])
