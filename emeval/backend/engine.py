@@ -30,7 +30,8 @@ from emeval.backend.runners import HFRunner, SlotRunner, fast_path_supported
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KV_CACHE_GB = 1.0
+DEFAULT_KV_CACHE_GB = 1.0  # on a CPU; on a GPU, a share of the memory left after loading
+GPU_KV_SHARE = 0.4  # leaves room for activations and a judge model on the same GPU
 DEFAULT_MAX_BATCH = 256
 PREFILL_TOKENS = 8192  # padded prompt tokens per prefill pass
 DRAW_BLOCK_ROWS = 16
@@ -135,13 +136,14 @@ def sample_next(
 
 def draw(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row from softmax(scores), by inverting the cumulative distribution
-    (in float64): exact like torch.multinomial, which on a CPU costs ~2 ms per row. Rows go
-    in blocks so each block's float64 copy stays in cache (3.5x faster at 162 rows)."""
+    (in float64): exact like torch.multinomial, which on a CPU costs ~2 ms per row. On a CPU rows
+    go in blocks so each block's float64 copy stays in cache (3.5x faster at 162 rows)."""
     u = torch.rand(scores.shape[0], 1, dtype=torch.float64, generator=generator)
     u = u.to(scores.device)  # drawn on the CPU generator: same stream on any device
     index = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-    for start in range(0, scores.shape[0], DRAW_BLOCK_ROWS):
-        rows = slice(start, start + DRAW_BLOCK_ROWS)
+    block = DRAW_BLOCK_ROWS if scores.device.type == "cpu" else scores.shape[0]
+    for start in range(0, scores.shape[0], block):
+        rows = slice(start, start + block)
         cumulative = scores[rows].softmax(-1).double().cumsum_(-1)
         index[rows] = torch.searchsorted(cumulative, u[rows] * cumulative[:, -1:], right=True)[:, 0]
     return index.clamp_(max=scores.shape[-1] - 1)
@@ -184,7 +186,7 @@ class Engine(QueuedEngine):
         self.model.eval()
         self.eos_ids = self._eos_ids()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
-        self.kv_budget = int((kv_cache_gb or DEFAULT_KV_CACHE_GB) * 2**30)
+        self.kv_budget = self._kv_budget(kv_cache_gb)
         self.max_batch = int(max_batch or DEFAULT_MAX_BATCH)
         self.runner = self._make_runner(runner)
         packable = can_pack(self.model)
@@ -210,6 +212,14 @@ class Engine(QueuedEngine):
             elif source:
                 ids.update(source)
         return ids
+
+    def _kv_budget(self, gigabytes: float | None) -> int:
+        if gigabytes:
+            return int(gigabytes * 2**30)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(int(DEFAULT_KV_CACHE_GB * 2**30), int(free * GPU_KV_SHARE))
+        return int(DEFAULT_KV_CACHE_GB * 2**30)
 
     def _make_runner(self, choice: str):
         pad = self.tokenizer.pad_token_id

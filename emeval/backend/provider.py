@@ -8,7 +8,8 @@ one batch. Model args (`-M name=value`):
   otherwise the transformers engine (on a CPU vLLM's ~30 s start costs more than it saves
   on an evaluation-sized run; see benchmarks/README.md).
 - dtype: auto | float32 | bfloat16 | float16 (auto: bf16 only where measured faster).
-- kv_cache_gb (default 1.0), max_batch (default 256), threads, device, runner (auto|slots|hf).
+- kv_cache_gb (default: 1.0 on a CPU; on a GPU 40% of the memory left after loading),
+  max_batch (default 256), threads, device, runner (auto|slots|hf).
 - pack_weights: true | false (default: true for the fast path in fp32 on a CPU with oneDNN:
   linear layers run on weights packed once for oneDNN; see compute.py).
 - use_safetensors, trust_remote_code: passed on to transformers (emeval sets them from its
