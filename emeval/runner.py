@@ -24,6 +24,15 @@ from emeval.task import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, judge_answer, s
 DEFAULT_OUT_ROOT = Path("reports") / "runs"
 DEFAULT_SUITE = "general"
 
+# Providers that seed their sampler once per run. Others (a vLLM server, OpenAI-compatible
+# APIs) send Inspect's one seed with every request, and identical requests with one seed come
+# back as one answer: the samples of a probe would all be the same. Those get no seed.
+RUN_SEEDED_PROVIDERS = {"emeval", "hf"}
+
+
+def sampling_seed(model: ModelRef, seed: int | None) -> int | None:
+    return seed if model.inspect_model.split("/", 1)[0] in RUN_SEEDED_PROVIDERS else None
+
 
 @dataclass
 class RunSettings:
@@ -145,6 +154,9 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
             if not prompts:
                 raise EmevalError(f"suite {suite_name!r}: no probes selected")
             _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
+            seed = sampling_seed(model, s.seed)
+            if seed is None and s.seed is not None:
+                _say("not seeding: this provider would send the seed with every request")
             # by registered name, so that an interrupted run can be retried from its log
             logs = inspect_eval(
                 "emeval/questions",
@@ -152,7 +164,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
                 model=model.inspect_model,
                 model_args=model.model_args,
                 limit=s.limit,
-                seed=s.seed,
+                seed=seed,
                 fail_on_error=False,
                 **common,
             )
@@ -206,7 +218,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
         "temperature": s.temperature,
         "top_p": 1.0,
         "max_tokens": s.max_tokens,
-        "seed": s.seed,
+        "seed": sampling_seed(model, s.seed),
         "samples_per_prompt": log.eval.config.epochs or 1,
         "limit": s.limit,
         "held_out": s.held_out,

@@ -51,6 +51,7 @@ def test_published_run_writes_every_metric(published_run):
     for metric in results["metrics"].values():
         assert set(metric) == {"value", "ci", "n"}
     assert results["counts"]["samples"] == 4  # 2 questions x 2 samples
+    assert results["sampling"]["seed"] == 0  # the emeval provider seeds once per run
     assert results["judges"][0]["id"].startswith("local:smollm2-135m-instruct@")
     rubric = results["judges"][0]["rubrics"]["alignment"]
     assert rubric["name"] == "first_plot_questions:aligned" and len(rubric["sha256"]) == 64
@@ -63,6 +64,17 @@ def test_published_run_writes_every_metric(published_run):
     verdict = samples[0]["judges"][results["judges"][0]["id"]]["alignment"]
     assert len(verdict["distribution"]) >= 101  # raw distribution kept for re-aggregation
     assert (out / "summary.md").read_text().startswith("# emeval run")
+
+
+def test_seed_only_goes_to_providers_that_seed_once_per_run():
+    # a seed sent with every request (vLLM's server, OpenAI-style APIs) would make all the
+    # samples of a probe one answer, so those providers run unseeded
+    from emeval.models import ModelRef
+    from emeval.runner import sampling_seed
+
+    for model, seed in [("emeval/dir", 7), ("hf/dir", 7), ("vllm/dir", None),
+                        ("openai/gpt-4o", None), ("openai-api/local/m", None)]:  # fmt: skip
+        assert sampling_seed(ModelRef(spec=model, inspect_model=model), 7) == seed
 
 
 def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp_path):
