@@ -51,6 +51,8 @@ class RunSettings:
     trust_remote_code: bool = False
     # emeval's engine batches every pending sample, so let Inspect send them all at once
     max_connections: int = 512
+    # passed to the model's Inspect provider, e.g. {"kv_cache_gb": 2} for emeval's engine
+    model_args: dict = field(default_factory=dict)
 
 
 def _say(message: str) -> None:
@@ -75,6 +77,10 @@ def _check_settings(s: RunSettings) -> None:
         raise EmevalError("--limit must be at least 1 (zero samples would measure nothing)")
     if s.max_tokens < 1:
         raise EmevalError("--max-tokens must be at least 1")
+    guarded = {"use_safetensors": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
+    for key in s.model_args:
+        if key in guarded:
+            raise EmevalError(f"model arg {key} is set by {guarded[key]}, not -M")
 
 
 def _check_run_dir(out: Path, s: RunSettings) -> None:
@@ -82,8 +88,9 @@ def _check_run_dir(out: Path, s: RunSettings) -> None:
     settings_file = out / "run.json"
     if settings_file.exists():
         previous, wanted = json.loads(settings_file.read_text()), asdict(s)
-        if previous != wanted:
-            changed = sorted(k for k in wanted if previous.get(k) != wanted[k])
+        defaults = asdict(RunSettings())  # a setting added later reads as its default
+        changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])
+        if changed:
             raise EmevalError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "
                 "choose another --out"
@@ -162,7 +169,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
                 "emeval/questions",
                 task_args=task_args,
                 model=model.inspect_model,
-                model_args=model.model_args,
+                model_args=model.model_args | s.model_args,
                 limit=s.limit,
                 seed=seed,
                 fail_on_error=False,

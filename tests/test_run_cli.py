@@ -80,6 +80,10 @@ def test_seed_only_goes_to_providers_that_seed_once_per_run():
 def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp_path):
     out, args, _ = published_run
     first = json.loads((out / "results.json").read_text())
+    # a run dir written before a setting existed still matches (the setting's default)
+    settings = json.loads((out / "run.json").read_text())
+    assert settings.pop("model_args") == {}
+    (out / "run.json").write_text(json.dumps(settings))
     again = emeval(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "reusing finished answers" in again.stdout
@@ -106,6 +110,24 @@ def test_other_settings_in_the_same_dir_are_refused(published_run):
     result = emeval(*changed)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "max_tokens" in result.stderr
+
+
+def test_model_args_reach_the_provider(tmp_path):
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    base = ["run", "--limit", "1", "--samples", "1", "--max-tokens", "8"]
+    bad = emeval(*base, "-M", "dtype=float12", "--out", tmp_path / "bad")
+    one_line_error(bad, "unknown dtype 'float12'")
+    good = emeval(*base, "-M", "kv_cache_gb=0.25", "-M", "pack_weights=false",
+                  "--out", tmp_path / "good")  # fmt: skip
+    assert good.returncode == 0, good.stderr[-2000:]
+    log = read_eval_log(list_eval_logs(str(tmp_path / "good" / "logs"))[0], header_only=True)
+    assert (
+        log.eval.model_args["kv_cache_gb"] == 0.25 and log.eval.model_args["pack_weights"] is False
+    )
+    settings = json.loads((tmp_path / "good" / "run.json").read_text())
+    assert settings["model_args"] == {"kv_cache_gb": 0.25, "pack_weights": False}
+    one_line_error(emeval(*base, "-M", "trust_remote_code=true"), "set by --trust-remote-code")
 
 
 def one_line_error(result, pattern):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+import yaml
 
 from emeval.judging.base import DEFAULT_JUDGE
 from emeval.results import render_table
@@ -52,6 +55,15 @@ def add_parser(subparsers) -> None:
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own model code"
     )
     p.add_argument("--max-connections", type=int, default=RunSettings.max_connections)
+    p.add_argument(
+        "-M",
+        "--model-arg",
+        action="append",
+        type=model_arg,
+        metavar="KEY=VALUE",
+        help="argument for the model's provider, repeatable (emeval engine: kv_cache_gb, "
+        "max_batch, threads, dtype, backend, device)",
+    )
     p.add_argument("--out", type=Path, help="run directory (default: reports/runs/<time>-<model>)")
     p.set_defaults(func=run_command)
 
@@ -62,6 +74,19 @@ def add_parser(subparsers) -> None:
     r.add_argument("--judge", action="append", required=True, help="judge spec, repeatable")
     r.add_argument("--out", type=Path, help="output dir (default: RUN_DIR/rescored-<judge>)")
     r.set_defaults(func=rescore_command)
+
+
+def model_arg(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as a YAML scalar (2 -> int, true -> bool), as Inspect's -M."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    if isinstance(parsed, dict | list):
+        raise argparse.ArgumentTypeError(f"{key}: one value expected, got {value!r}")
+    if not isinstance(parsed, str | int | float | bool | None):
+        parsed = value  # a date or the like stays text
+    return key.strip(), parsed
 
 
 def _print_results(path: Path) -> int:
@@ -90,6 +115,7 @@ def run_command(args) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         max_connections=args.max_connections,
+        model_args=dict(args.model_arg or []),
     )
     return max(_print_results(path) for path in run(settings, args.out))
 
