@@ -81,7 +81,10 @@ def model_arg(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value) if value.strip() else ""
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value  # not YAML: the text itself
     if isinstance(parsed, dict | list):
         raise argparse.ArgumentTypeError(f"{key}: one value expected, got {value!r}")
     if not isinstance(parsed, str | int | float | bool | None):
