@@ -216,10 +216,11 @@ class Engine(QueuedEngine):
     def _kv_budget(self, gigabytes: float | None) -> int:
         if gigabytes:
             return int(gigabytes * 2**30)
+        default = int(DEFAULT_KV_CACHE_GB * 2**30)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            return max(int(DEFAULT_KV_CACHE_GB * 2**30), int(free * GPU_KV_SHARE))
-        return int(DEFAULT_KV_CACHE_GB * 2**30)
+            return max(default, int(free * GPU_KV_SHARE))
+        return default
 
     def _make_runner(self, choice: str):
         pad = self.tokenizer.pad_token_id

@@ -103,6 +103,11 @@ class SlotRunner:
             self.keys[:, rows, :, start:stop] = 0
             self.values[:, rows, :, start:stop] = 0
 
+    def _reach(self, width: int) -> None:
+        """Make [0, width) finite for the running rows before it is read."""
+        self._clear(slice(0, self.n), self.clean, width)
+        self.clean = max(self.clean, width)
+
     def release(self) -> None:
         self.keys = self.values = None
         self.n = 0
@@ -139,8 +144,7 @@ class SlotRunner:
         rows = slice(self.n, self.n + len(prompts))
         # the layers below write [0, width) of the new rows
         self._clear(rows, width, self.clean)
-        self._clear(slice(0, self.n), self.clean, width)
-        self.clean = max(self.clean, width)
+        self._reach(width)
 
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, positions)
@@ -170,9 +174,7 @@ class SlotRunner:
         # decoding: every query head of a group sees the same keys, so the group's heads
         # ride along as extra query positions instead of copying the keys per head
         mask = (torch.arange(width, device=self.device) <= lengths[:, None])[:, None, None, :]
-        if width > self.clean:
-            self._clear(slice(0, n), self.clean, width)
-            self.clean = width
+        self._reach(width)
 
         h = self.inner.embed_tokens(tokens.to(self.device))[:, None]
         cos, sin = self.inner.rotary_emb(h, lengths[:, None])

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> None:
         type=model_arg,
         metavar="KEY=VALUE",
         help="argument for the model's provider, repeatable (emeval engine: kv_cache_gb, "
-        "max_batch, threads, dtype, backend, device)",
+        "max_batch, threads, dtype, backend, device, pack_weights)",
     )
     p.add_argument("--out", type=Path, help="run directory (default: reports/runs/<time>-<model>)")
     p.set_defaults(func=run_command)
