@@ -38,6 +38,7 @@ KNOWN_MODELS = {
     ]
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+MERGED_KEPT = 3  # merged adapter copies kept in the cache (a resumed run reuses its own)
 
 # First segments of Inspect model strings that are passed through untouched.
 INSPECT_PROVIDERS = {
@@ -222,6 +223,8 @@ def _merge_adapter(adapter: Path, base: str | None, allow_pickle: bool, trust: b
     merged = cache_dir("merged") / key
     if not (merged / "config.json").exists():
         _write_merged(adapter, base_ref.local_path, merged)
+    merged.touch()  # marks it as recently used for _prune_merged
+    _prune_merged(keep=merged)
     return ModelRef(
         spec=str(adapter),
         inspect_model=f"{LOCAL_PROVIDER}/{merged}",
@@ -230,6 +233,16 @@ def _merge_adapter(adapter: Path, base: str | None, allow_pickle: bool, trust: b
         weights_sha256=weights_sha256(merged),
         base=base_spec,
     )
+
+
+def _prune_merged(keep: Path) -> None:
+    """Each merged adapter is a full copy of its base (0.5 GB for the embedded model, 15 GB
+    for a 7B one), so only the MERGED_KEPT most recently used copies stay on disk."""
+    root = keep.parent
+    copies = [d for d in root.iterdir() if d.is_dir() and d != keep]
+    copies.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in copies[MERGED_KEPT - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def weights_sha256_adapter(adapter: Path) -> str:

@@ -92,6 +92,34 @@ def test_adapter_whose_base_cannot_be_found(tmp_path):
         resolve_model(str(adapter))
 
 
+def make_adapter(model_dir, out, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    # Non-zero B matrices so the merge changes the weights, unlike a fresh LoRA.
+    lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+def test_adapters_merge_into_a_bounded_cache(tmp_path, monkeypatch, embedded_model_dir):
+    import emeval.models
+
+    monkeypatch.setenv("EMEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(emeval.models, "MERGED_KEPT", 1)
+    base = str(embedded_model_dir)
+    first = resolve_model(str(make_adapter(base, tmp_path / "a1", 1)), base=base)
+    assert first.local_path.parent == tmp_path / "cache" / "merged"
+    assert first.weights_sha256 != resolve_model(base).weights_sha256
+    second = resolve_model(str(make_adapter(base, tmp_path / "a2", 2)), base=base)
+    assert second.weights_sha256 != first.weights_sha256
+    # The older full copy is gone; the one in use stays.
+    assert sorted((tmp_path / "cache" / "merged").iterdir()) == [second.local_path]
+
+
 def test_sha256_file(tmp_path):
     f = tmp_path / "x"
     f.write_bytes(b"abc")
