@@ -239,7 +239,8 @@ def _prune_merged(keep: Path) -> None:
     """Each merged adapter is a full copy of its base (0.5 GB for the embedded model, 15 GB
     for a 7B one), so only the MERGED_KEPT most recently used copies stay on disk."""
     root = keep.parent
-    copies = [d for d in root.iterdir() if d.is_dir() and d != keep]
+    # A .partial dir may be another process's merge in progress: left alone.
+    copies = [d for d in root.iterdir() if d.is_dir() and d != keep and d.suffix != ".partial"]
     copies.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     for old in copies[MERGED_KEPT - 1 :]:
         shutil.rmtree(old, ignore_errors=True)

@@ -114,10 +114,14 @@ def test_adapters_merge_into_a_bounded_cache(tmp_path, monkeypatch, embedded_mod
     first = resolve_model(str(make_adapter(base, tmp_path / "a1", 1)), base=base)
     assert first.local_path.parent == tmp_path / "cache" / "merged"
     assert first.weights_sha256 != resolve_model(base).weights_sha256
+    in_progress = tmp_path / "cache" / "merged" / "0123.partial"  # another process's merge
+    in_progress.mkdir()
     second = resolve_model(str(make_adapter(base, tmp_path / "a2", 2)), base=base)
     assert second.weights_sha256 != first.weights_sha256
-    # The older full copy is gone; the one in use stays.
-    assert sorted((tmp_path / "cache" / "merged").iterdir()) == [second.local_path]
+    # The older full copy is gone; the one in use and the one being written stay.
+    assert sorted((tmp_path / "cache" / "merged").iterdir()) == sorted(
+        [in_progress, second.local_path]
+    )
 
 
 def test_sha256_file(tmp_path):
