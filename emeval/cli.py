@@ -5,6 +5,7 @@ EmevalError: one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -23,6 +24,10 @@ COMMAND_MODULES = [
     "emeval.commands.experiment",
     "emeval.commands.train",
 ]
+
+
+# The disk, not emeval: said in one line (which file), as a user's input error is.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except EmevalError as e:
         print(f"emeval: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if not isinstance(e, PermissionError) and e.errno not in DISK_ERRORS:
+            raise  # anything else is a bug to see in full
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"emeval: error: {e.strerror}{where}; fix that and run again", file=sys.stderr)
+        return EmevalError.exit_code
     except KeyboardInterrupt:
         print("emeval: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

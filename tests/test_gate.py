@@ -99,6 +99,17 @@ def test_missing_run_is_undecided_with_a_verdict(runs, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_verdict_that_cannot_be_written_never_passes(runs, tmp_path, capsys):
+    out = tmp_path / "verdict"
+    out.mkdir()
+    (out / "gate.md").symlink_to("/dev/full")  # every write there: no space left on device
+    code = main(["gate", str(runs["same"]), "--baseline", str(runs["baseline"]),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 2  # a pass that left no verdict behind would not be a pass
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emeval: error: No space left on device") and "\n" not in err
+
+
 def test_bad_policy_is_one_line(runs, tmp_path, capsys):
     policy = tmp_path / "bad.yaml"
     policy.write_text("max_em_rte: 0.1\n")
