@@ -115,17 +115,18 @@ def test_other_settings_in_the_same_dir_are_refused(published_run):
 def test_model_args_reach_the_provider(tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    base = ["run", "--limit", "1", "--samples", "1", "--max-tokens", "8"]
-    bad = emeval(*base, "-M", "dtype=float12", "--out", tmp_path / "bad")
-    one_line_error(bad, "unknown dtype 'float12'")
-    good = emeval(*base, "-M", "kv_cache_gb=0.25", "-M", "pack_weights=false",
-                  "--out", tmp_path / "good")  # fmt: skip
+    base = ["run", "--limit", "1", "--samples", "1", "--max-tokens", "8", "--out", tmp_path]
+    one_line_error(emeval(*base, "-M", "dtype=float12"), "unknown dtype 'float12'")
+    one_line_error(emeval(*base, "-M", "kv_cache_gb=abc"), "kv_cache_gb must be a number")
+    one_line_error(emeval(*base, "-M", "max_batch=0.5"), "max_batch must be a whole number")
+    # the failed runs generated nothing, so the corrected command may use their dir
+    good = emeval(*base, "-M", "kv_cache_gb=0.25", "-M", "pack_weights=false")
     assert good.returncode == 0, good.stderr[-2000:]
-    log = read_eval_log(list_eval_logs(str(tmp_path / "good" / "logs"))[0], header_only=True)
+    log = read_eval_log(list_eval_logs(str(tmp_path / "logs"))[0], header_only=True)
     assert (
         log.eval.model_args["kv_cache_gb"] == 0.25 and log.eval.model_args["pack_weights"] is False
     )
-    settings = json.loads((tmp_path / "good" / "run.json").read_text())
+    settings = json.loads((tmp_path / "run.json").read_text())
     assert settings["model_args"] == {"kv_cache_gb": 0.25, "pack_weights": False}
     one_line_error(emeval(*base, "-M", "trust_remote_code=true"), "set by --trust-remote-code")
 

@@ -52,6 +52,21 @@ _engines_lock = threading.Lock()
 ENGINE_ARGS = ("dtype", "device", "threads", "kv_cache_gb", "max_batch", "runner", "pack_weights")
 
 
+def check_engine_args(args: dict) -> None:
+    """Reject ill-typed engine args in one line (a text kv_cache_gb would otherwise be
+    multiplied into a string of gigabytes before anything complained)."""
+    for name in ("threads", "max_batch"):
+        value = args.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    value = args.get("kv_cache_gb")
+    if value is not None and (type(value) not in (int, float) or not 0 < value < float("inf")):
+        raise ValueError(f"kv_cache_gb must be a number of gigabytes > 0, got {value!r}")
+    value = args.get("pack_weights")
+    if value is not None and type(value) is not bool:
+        raise ValueError(f"pack_weights must be true or false, got {value!r}")
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
@@ -114,6 +129,7 @@ class EmevalLocalAPI(ModelAPI):
             raise ValueError(f"emeval/{model_name}: not a local model directory")
         self.backend = choose_backend(model_args.pop("backend", None))
         args = {k: model_args.pop(k) for k in ENGINE_ARGS if model_args.get(k) is not None}
+        check_engine_args(args)
         args.update(model_args)  # loading options (use_safetensors, trust_remote_code, ...)
         self.engine = get_engine(model_name, self.backend, config.seed, args)
         self.tokenizer = self.engine.tokenizer
