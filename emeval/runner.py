@@ -77,6 +77,8 @@ def _check_settings(s: RunSettings) -> None:
         raise EmevalError("--limit must be at least 1 (zero samples would measure nothing)")
     if s.max_tokens < 1:
         raise EmevalError("--max-tokens must be at least 1")
+    if not 0 <= s.temperature < float("inf"):
+        raise EmevalError("--temperature must be 0 (greedy) or more")
     guarded = {"use_safetensors": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
     for key in s.model_args:
         if key in guarded:

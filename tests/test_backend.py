@@ -158,6 +158,14 @@ def test_stop_strings_and_max_tokens(engine, greedy_reference):
     assert short.finish_reason == "length" and len(short.token_ids) == 3
 
 
+@pytest.mark.parametrize(
+    "bad", [{"temperature": -0.5}, {"top_p": 0}, {"max_tokens": 0}, {"top_k": -1}]
+)
+def test_settings_a_sampler_cannot_honour_are_refused(bad):
+    with pytest.raises(ValueError, match="must be"):
+        SamplingParams(**bad)
+
+
 def test_logprobs_are_the_models_own(engine, stock_model, greedy_reference):
     prompts, _ = greedy_reference
     got = engine.generate(

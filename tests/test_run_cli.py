@@ -146,6 +146,7 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     one_line_error(emeval("run", "--suite", bad_suite), "bad.yaml: probe 'p1'")
     one_line_error(emeval("run", "--judge", "nonsense-judge"), "unknown judge")
     one_line_error(emeval("run", "--limit", "0"), "--limit must be at least 1")
+    one_line_error(emeval("run", "--temperature", "-1"), "--temperature must be 0")
     unreachable = {"DEAD_API_KEY": "x", "DEAD_BASE_URL": "http://127.0.0.1:9/v1"}
     one_line_error(
         emeval("run", "--judge", "openai-api/dead/model", env=unreachable),

@@ -15,6 +15,15 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
 
+    def __post_init__(self):
+        # a negative temperature would invert the distribution rather than fail
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be 0 or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_tokens < 1 or self.top_logprobs < 0:
+            raise ValueError(f"top_k, top_logprobs must be >= 0 and max_tokens >= 1: {self}")
+
 
 @dataclass
 class TokenLogprob:
