@@ -1,9 +1,9 @@
 """The embedded model and the checks on untrusted checkpoints."""
 
 import json
-import shutil
 
 import pytest
+from conftest import copy_model
 
 from emeval.errors import EmevalError
 from emeval.models import MANIFEST, resolve_model, sha256_file
@@ -36,8 +36,7 @@ def test_embedded_model_generates_text(embedded_model_dir):
 @pytest.fixture
 def model_copy(tmp_path, embedded_model_dir):
     target = tmp_path / "ckpt"
-    shutil.copytree(embedded_model_dir, target)
-    return target
+    return copy_model(embedded_model_dir, target)
 
 
 def test_copied_checkpoint_hashes_like_its_source(model_copy, embedded_model_dir):

@@ -2,12 +2,11 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, shared_file
+from conftest import REPO, copy_model, shared_file
 
 LOCAL_JUDGE = "smollm2-135m-instruct"
 ALL_METRICS = {
@@ -157,7 +156,7 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     one_line_error(emeval("run", adapter), "names no base model")
     no_template = tmp_path / "no_template"
-    shutil.copytree(embedded_model_dir, no_template)
+    copy_model(embedded_model_dir, no_template)
     config = json.loads((no_template / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (no_template / "tokenizer_config.json").write_text(json.dumps(config))
