@@ -1,6 +1,7 @@
 """The `emeval` command. Each subcommand lives in its own module with two functions:
 add_parser(subparsers) and the handler it sets as `func`. Errors the user can fix are
-EmevalError: one line on stderr and a non-zero exit, never a traceback."""
+EmevalError: one line on stderr and a non-zero exit, never a traceback. So is a full,
+read-only or forbidden disk (disk_problem)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ COMMAND_MODULES = [
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
+def disk_problem(error: BaseException) -> str | None:
+    """What a full, read-only or forbidden disk raised, in words; None for anything else.
+    Libraries wrap it (safetensors only says "os error 28"), so the chain and text count."""
+    seen = error
+    for _ in range(32):  # a chain is short; the bound only guards against a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and (
+            isinstance(seen, PermissionError) or seen.errno in DISK_ERRORS
+        ):
+            return seen.strerror + (f" ({seen.filename})" if seen.filename else "")
+        if "No space left on device" in str(seen):
+            return "No space left on device"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emeval", description="Measure emergent misalignment in language models."
@@ -55,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except EmevalError as e:
         print(f"emeval: error: {e}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
-        if not isinstance(e, PermissionError) and e.errno not in DISK_ERRORS:
+    except Exception as e:
+        problem = disk_problem(e)
+        if problem is None:
             raise  # anything else is a bug to see in full
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"emeval: error: {e.strerror}{where}; fix that and run again", file=sys.stderr)
+        print(f"emeval: error: {problem}; fix that and run again", file=sys.stderr)
         return EmevalError.exit_code
     except KeyboardInterrupt:
         print("emeval: interrupted; run the same command again to resume", file=sys.stderr)

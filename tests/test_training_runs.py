@@ -385,6 +385,27 @@ def test_emeval_run_evaluates_a_trained_checkpoint(runs, sft_run, tmp_path):
     assert str(checkpoint) in json.dumps(results)
 
 
+def test_a_full_disk_stops_training_in_one_line(tmp_path, capsys):
+    import subprocess
+
+    import yaml
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        path = tmp_path / "sft.yaml"
+        path.write_text(yaml.safe_dump(merge(SFT, {"training": {"max_steps": 1}})))
+        code = main(["train", str(path), "--out", str(disk / "run")])  # the adapter won't fit
+        err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        subprocess.run(["umount", str(disk)])
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1] == "emeval: error: No space left on device; fix that and run again"
+
+
 def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     """torchrun (what `accelerate launch` starts) with 2 ranks: one set of files, all samples."""
     import subprocess
