@@ -87,9 +87,11 @@ def _check_settings(s: RunSettings) -> None:
 
 def _check_run_dir(out: Path, s: RunSettings) -> None:
     """A run dir belongs to one set of settings; re-running them resumes, others are refused.
-    A dir with no Inspect log yet (the run failed before generating) holds nothing to keep."""
+    A dir with no Inspect log or results yet (the run failed before generating) holds nothing
+    to keep."""
     settings_file = out / "run.json"
-    if settings_file.exists() and any(out.glob("**/logs/*")):
+    answers = any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))
+    if settings_file.exists() and answers:
         previous, wanted = json.loads(settings_file.read_text()), asdict(s)
         defaults = asdict(RunSettings())  # a setting added later reads as its default
         changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])
