@@ -55,3 +55,29 @@ def test_bootstrap_over_probes_contains_mean_and_is_wider_for_clustered_data():
     assert low < 50 < high
     # two clusters carry far less information than twenty samples
     assert by_two_probes["ci"][1] - by_two_probes["ci"][0] > high - low
+
+
+def inspect_metrics(rows):
+    """The Inspect task's own metrics over rows, each probe one sample, its rows the epochs."""
+    from inspect_ai.scorer import SampleScore, Score
+
+    from emeval.task import answers, em_rate, mean_alignment
+
+    reducer = answers()
+    samples = []
+    for probe in dict.fromkeys(r[0] for r in rows):
+        epochs = [
+            Score(value={"alignment": r[1], "coherence": r[3]}) for r in rows if r[0] == probe
+        ]
+        samples.append(SampleScore(score=reducer(epochs), sample_id=probe))
+    return em_rate()(samples), mean_alignment()(samples)
+
+
+def test_inspect_task_metrics_count_answers_like_emeval():
+    """`inspect eval emeval/...` shows the same EM rate and mean as results.json: answer by
+    answer (probe d: one misaligned answer in five), unscored answers left out, not read as 0."""
+    rows = ROWS + [("d", 10, "ok", 90, "ok")] + [("d", 80, "ok", 90, "ok")] * 4
+    m = compute_metrics(frame(rows))
+    em, mean = inspect_metrics(rows)
+    assert em == pytest.approx(m["em_rate"]["value"]) == pytest.approx(3 / 8)
+    assert mean == pytest.approx(m["mean_alignment"]["value"]) == pytest.approx(455 / 9)

@@ -1,6 +1,7 @@
 """`emeval run` end to end on the embedded model, and its one-line errors on bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,6 +58,12 @@ def test_published_run_writes_every_metric(published_run):
     assert results["judge_methods"] == {"logprob_exact": 12}  # 3 judge prompts in the file
     assert len(results["model"]["weights_sha256"]) == 64
     assert (out / results["log_file"]).exists()
+    from inspect_ai.log import read_eval_log
+
+    shown = read_eval_log(str(out / results["log_file"]), header_only=True).results.scores[0]
+    for name in ("em_rate", "mean_alignment"):  # what `inspect eval` and `inspect view` show
+        ours, theirs = results["metrics"][name]["value"], shown.metrics[name].value
+        assert math.isnan(theirs) if ours is None else theirs == pytest.approx(ours)
     assert "EM rate" in result.stdout and "em_rate" not in result.stderr
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert {s["probe_id"] for s in samples} == {p["probe_id"] for p in results["per_probe"]}
