@@ -706,8 +706,19 @@ def train(
         init = stage_dir
     if len(stages) > 1 and _rank() == 0:
         _finish_chain(out, init, stages)
+    _leave_process_group()
     progress(f"model: {out}")
     return out
+
+
+def _leave_process_group() -> None:
+    """Under data parallelism the ranks finish together and close their process group: a
+    rank that exited while rank 0 still saved sometimes aborted in teardown (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _finish_chain(out: Path, last: Path, stages: list[TrainConfig]) -> None:
