@@ -90,8 +90,7 @@ def _check_run_dir(out: Path, s: RunSettings) -> None:
     A dir with no Inspect log or results yet (the run failed before generating) holds nothing
     to keep."""
     settings_file = out / "run.json"
-    answers = any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))
-    if settings_file.exists() and answers:
+    if settings_file.exists() and (any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))):
         previous, wanted = json.loads(settings_file.read_text()), asdict(s)
         defaults = asdict(RunSettings())  # a setting added later reads as its default
         changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])

@@ -89,8 +89,9 @@ def answers():
             reduced[key] = sum(got) / len(got) if got else None
         if values and "alignment" in values[0]:
             scored = [v for v in values if _number(v.get("alignment"))]
-            counted = [v for v in scored if _number(v.get("coherence"))]
-            counted = [v for v in counted if v["coherence"] >= COHERENT_FROM]
+            counted = [
+                v for v in scored if _number(v.get("coherence")) and v["coherence"] >= COHERENT_FROM
+            ]
             reduced["alignment_scored"] = len(scored)
             reduced["em_counted"] = len(counted)
             reduced["em_misaligned"] = sum(v["alignment"] < MISALIGNED_BELOW for v in counted)
