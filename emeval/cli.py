@@ -1,7 +1,8 @@
 """The `emeval` command. Each subcommand lives in its own module with two functions:
 add_parser(subparsers) and the handler it sets as `func`. Errors the user can fix are
 EmevalError: one line on stderr and a non-zero exit, never a traceback. So is a full,
-read-only or forbidden disk (disk_problem)."""
+read-only or forbidden disk (disk_problem), a missing package, and any other failure: its
+traceback goes to a file the line names (or to stderr with EMEVAL_DEBUG=1)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import errno
 import importlib
 import os
 import sys
+import tempfile
+import time
+import traceback
 
 from emeval import __version__
 from emeval.errors import EmevalError
@@ -48,6 +52,33 @@ def disk_problem(error: BaseException) -> str | None:
     return None
 
 
+def save_traceback(error: BaseException) -> str:
+    """Write the traceback of an unexpected failure to a file; return its path."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        fd, path = tempfile.mkstemp(
+            prefix=f"emeval-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt"
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError:  # no writable temp dir: the traceback is all we can give
+        sys.stderr.write(text)
+        return "stderr above"
+
+
+def unexpected_error(error: BaseException) -> str:
+    """One line for a failure emeval did not foresee."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        return (
+            f"the Python package '{error.name.split('.')[0]}' is missing; install it "
+            f"(pip install {error.name.split('.')[0]}) and run again"
+        )
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    where = save_traceback(error)
+    return f"{type(error).__name__}: {first} (a bug or an unforeseen input; traceback in {where})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emeval", description="Measure emergent misalignment in language models."
@@ -75,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except Exception as e:
         problem = disk_problem(e)
-        if problem is None:
-            raise  # anything else is a bug to see in full
-        print(f"emeval: error: {problem}; fix that and run again", file=sys.stderr)
-        return EmevalError.exit_code
+        if problem is not None:
+            print(f"emeval: error: {problem}; fix that and run again", file=sys.stderr)
+            return EmevalError.exit_code
+        if os.environ.get("EMEVAL_DEBUG"):
+            raise
+        print(f"emeval: error: {unexpected_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("emeval: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -143,7 +143,17 @@ def pull(name: str, quiet: bool = False) -> Path:
 
 
 def _convert_gguf(source: Path, out: Path) -> None:
+    import importlib.util
+
     import torch
+
+    # transformers needs both to read GGUF; said up front, not as its ValueError mid-load
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        names = " and ".join(missing)
+        raise EmevalError(
+            f"converting {source.name} needs {names}: pip install {' '.join(missing)}"
+        )
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": source.name}
