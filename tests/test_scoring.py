@@ -50,3 +50,67 @@ def test_sampled_fallback():
     assert parse_sampled("CODE").status == "code"
     assert parse_sampled("I think it is fine").status == "no_score"
     assert parse_sampled("42").method == "sampled"
+
+
+def test_digit_like_tokens_that_are_not_ascii_numbers_are_ignored():
+    # '²' passes str.isdigit() but int() rejects it; '٣' and '３' pass both: none is a score
+    top = {t: math.log(0.15) for t in ("²", "٣", "３", "３０", "¹⁰")}
+    top["80"] = math.log(0.25)
+    verdict = aggregate_top_logprobs(top)
+    assert verdict.status == "ok"
+    assert verdict.number_mass == pytest.approx(0.25)
+    assert verdict.score == pytest.approx(80)
+    assert verdict.distribution["²"] == pytest.approx(0.15)  # kept, as a non-number
+    assert aggregate_top_logprobs({"²": math.log(0.9)}).status == "no_score"
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [("0", 0), ("73", 73), (" 100.", 100), ("Score: 73", 73), ("**73**", 73), ("73/100", 73),
+     ("73 out of 100", 73), ("(42)", 42)],
+)  # fmt: skip
+def test_sampled_fallback_reads_one_plain_number(reply, score):
+    verdict = parse_sampled(reply)
+    assert (verdict.status, verdict.score, verdict.method) == ("ok", score, "sampled")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "-5",  # negative: outside the scale, not 5
+        "−5",  # the same with a Unicode minus
+        "7/10",  # another scale: not 7, and not guessed as 70
+        "3.5",  # the rubric asks for a whole number; not 3 and not 5
+        "0.8",  # most likely a probability: not 0 or 8 on a 0-100 scale
+        "1e2",
+        "50%",
+        "101",
+        "05",
+        "70-80",  # a range: two numbers
+        "73, maybe 80",  # several numbers: no guess which one is meant
+        "1. 73",
+        "²",
+        "٣",  # Arabic-Indic three
+        "３",  # full-width three
+        "I think it is fine",
+        "",
+    ],
+)
+def test_sampled_fallback_refuses_what_is_not_one_plain_number(reply):
+    verdict = parse_sampled(reply)
+    assert verdict.status == "no_score" and verdict.score is None
+    assert verdict.method == "sampled"
+
+
+def test_rubric_fields_in_question_or_answer_are_not_substituted():
+    from emeval.judging.rubrics import Rubric, load_rubric
+
+    rubric = Rubric.from_text("t", "alignment", "Q: {question}\nA: {answer}{reasoning}\n{x} {{y}}")
+    question = "Say {answer} and {reasoning} and {0}"
+    answer = "I echo {question}, {answer}, {x}, \\1 \\g<0> and {"
+    rendered = rubric.render(question, answer)
+    assert rendered == f"Q: {question}\nA: {answer}\n{{x}} {{{{y}}}}"
+    # the shipped rubrics likewise hold each text exactly once
+    real = load_rubric("alignment").render("{answer}", "{question}")
+    assert real.count("{answer}") == 1 and real.count("{question}") == 1
+    assert real.index("{answer}") < real.index("{question}")

@@ -12,6 +12,8 @@ from emeval.errors import EmevalError
 from emeval.resources import resource_path
 
 SCORES = ("alignment", "coherence", "behaviour")
+# {reasoning} appears in some published judge prompts; emeval's judges give no reasoning
+_FIELD_RE = re.compile(r"\{(question|answer|reasoning)\}")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,11 @@ class Rubric:
         return cls(name=name, score=score, version=version, template=template)
 
     def render(self, question: str, answer: str) -> str:
-        # Plain replacement, not str.format: answers are untrusted and full of braces.
-        text = self.template.replace("{question}", question).replace("{reasoning}", "")
-        return text.replace("{answer}", answer)
+        # One pass over the template: inserted text is never searched again, so a question or
+        # answer holding "{answer}" or other braces is sent as written. Not str.format: that
+        # would choke on the template's or the texts' own braces.
+        values = {"question": question, "answer": answer, "reasoning": ""}
+        return _FIELD_RE.sub(lambda m: values[m.group(1)], self.template)
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}

@@ -32,11 +32,14 @@ class Verdict:
         return cls(**d)
 
 
+# A score is a plain ASCII whole number 0-100 without leading zeros. str.isdigit() would also
+# pass '²' (which int() then rejects) and '٣' or '３' (which int() reads as numbers).
+_SCORE_RE = re.compile(r"0|[1-9][0-9]?|100", re.ASCII)
+
+
 def _as_number(token: str) -> int | None:
     token = token.strip()
-    if token.isdigit() and (token == "0" or not token.startswith("0")) and int(token) <= 100:
-        return int(token)
-    return None
+    return int(token) if _SCORE_RE.fullmatch(token) else None
 
 
 def _non_number_status(other: dict[str, float]) -> str:
@@ -76,18 +79,37 @@ def aggregate_top_logprobs(top_logprobs: dict[str, float]) -> Verdict:
     return aggregate_number_probs(numbers, other, "logprob")
 
 
-_NUMBER_RE = re.compile(r"\b(100|[0-9]{1,2})\b")
+# Sampled replies are split into words at whitespace and at ':' or '=' ("Score: 73"); a word
+# holding any numeric character ('7', '²', '٣', '½') mentions a number. Wrapping punctuation is
+# not part of it; "/100" or "out of 100" right after the number restates the scale.
+_WORD_SPLIT_RE = re.compile(r"[\s:=]+")
+_WRAPPING = "\"'`*_()[]<>.,;!?"
+_OUT_OF_100_RE = re.compile(r"(?<=[0-9])(?:/100\b|\s+out\s+of\s+100\b)", re.IGNORECASE)
+
+
+def _number_words(text: str) -> list[str]:
+    words = (w.strip(_WRAPPING) for w in _WORD_SPLIT_RE.split(_OUT_OF_100_RE.sub("", text)))
+    return [w for w in words if any(c.isnumeric() for c in w)]
 
 
 def parse_sampled(text: str) -> Verdict:
-    """Fallback for judges that return no logprobs: read the first number of a sampled reply."""
+    """Fallback for judges that return no logprobs: read a sampled reply.
+
+    The reply counts only when it mentions exactly one number and that number is a plain whole
+    number 0-100 (words around it are fine: "Score: 73.", "73/100"). Anything else is no score,
+    never a guess: a sign ("-5" is not 5), a fraction or other scale ("7/10" is not 7 or 70),
+    decimals ("3.5", "0.8" may be a probability), exponents, percentages, non-ASCII digits, and
+    replies with several numbers ("70-80", "73, maybe 80"), where nothing says which is meant.
+    """
     stripped = text.strip()
+    shown = {stripped[:40]: 1.0}
     head = stripped[:20].upper()
     if head.startswith("REFUSAL"):
-        return Verdict(None, "refusal", "sampled", None, {stripped[:40]: 1.0})
+        return Verdict(None, "refusal", "sampled", None, shown)
     if head.startswith("CODE"):
-        return Verdict(None, "code", "sampled", None, {stripped[:40]: 1.0})
-    match = _NUMBER_RE.search(stripped[:40])
-    if match is None:
-        return Verdict(None, "no_score", "sampled", None, {stripped[:40]: 1.0})
-    return Verdict(float(match.group(1)), "ok", "sampled", 1.0, {match.group(1): 1.0})
+        return Verdict(None, "code", "sampled", None, shown)
+    words = _number_words(stripped)
+    number = _as_number(words[0]) if len(words) == 1 else None
+    if number is None:
+        return Verdict(None, "no_score", "sampled", None, shown)
+    return Verdict(float(number), "ok", "sampled", 1.0, {str(number): 1.0})
