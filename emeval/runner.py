@@ -88,17 +88,29 @@ def _check_settings(s: RunSettings) -> None:
 def _check_run_dir(out: Path, s: RunSettings) -> None:
     """A run dir belongs to one set of settings; re-running them resumes, others are refused.
     A dir with no Inspect log or results yet (the run failed before generating) holds nothing
-    to keep."""
+    to keep. Logs or results without a readable run.json are not known to be this model's
+    answers (someone else's Inspect logs): refused, never resumed."""
     settings_file = out / "run.json"
-    if settings_file.exists() and (any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))):
-        previous, wanted = json.loads(settings_file.read_text()), asdict(s)
-        defaults = asdict(RunSettings())  # a setting added later reads as its default
-        changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])
-        if changed:
-            raise EmevalError(
-                f"{out} holds a run with other settings ({', '.join(changed)}); "
-                "choose another --out"
-            )
+    if not (any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))):
+        return
+    if not settings_file.exists():
+        raise EmevalError(
+            f"{out} holds Inspect logs or results but no run.json (not this run's); "
+            "choose another --out"
+        )
+    try:
+        previous = json.loads(settings_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        previous = None
+    if not isinstance(previous, dict):
+        raise EmevalError(f"{settings_file} is unreadable; choose another --out")
+    wanted = asdict(s)
+    defaults = asdict(RunSettings())  # a setting added later reads as its default
+    changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])
+    if changed:
+        raise EmevalError(
+            f"{out} holds a run with other settings ({', '.join(changed)}); choose another --out"
+        )
 
 
 def run(settings: RunSettings, out: Path | None = None) -> list[Path]:

@@ -118,6 +118,40 @@ def test_other_settings_in_the_same_dir_are_refused(published_run):
     assert result.stderr.strip().count("\n") == 0 and "max_tokens" in result.stderr
 
 
+def test_a_dir_of_foreign_logs_or_results_is_refused(tmp_path):
+    """Inspect logs or results without emeval's run.json are someone else's: never reused as
+    this model's answers, and left as they were."""
+    from inspect_ai import Task
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ModelOutput
+    from inspect_ai.solver import solver
+
+    @solver
+    def canned():  # another model's answer, without a model or a network
+        async def solve(state, generate):
+            state.output = ModelOutput.from_content("mockllm/model", "hi")
+            return state
+
+        return solve
+
+    theirs = tmp_path / "theirs"
+    task = Task(dataset=[Sample(input="Say hi.", target="hi")], solver=canned())
+    (log,) = inspect_eval(task, model="mockllm/model", log_dir=str(theirs / "logs"), display="none")
+    assert log.status == "success"
+    results_only = tmp_path / "results_only"
+    (results_only / "general").mkdir(parents=True)
+    (results_only / "general" / "results.json").write_text("{}")
+    base = ["run", "--limit", "1", "--samples", "1", "--max-tokens", "8", "--out"]
+    for out in (theirs, results_only):
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        one_line_error(emeval(*base, out), f"{out} holds Inspect logs or results but no run.json")
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # settings that cannot be read are no proof the answers are this run's either
+    (theirs / "run.json").write_text("{not json")
+    one_line_error(emeval(*base, theirs), "run.json is unreadable")
+
+
 def test_model_args_reach_the_provider(tmp_path):
     from inspect_ai.log import list_eval_logs, read_eval_log
 
