@@ -98,8 +98,15 @@ class EmevalSFTTrainer(_TermsMixin, SFTTrainer):
             ignore_index=-100,
             reduction="sum",
         )
-        count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-        return nll / torch.as_tensor(count, device=nll.device).clamp(min=1), logits, labels
+        if num_items_in_batch is None:
+            loss = nll / (labels != -100).sum().clamp(min=1)
+        else:
+            loss = nll / torch.as_tensor(num_items_in_batch, device=nll.device).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                # the count sums every rank's tokens and DDP averages the gradients: scale back
+                # up, as TRL's own SFT loss does, or the task loss shrinks by the world size
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss, logits, labels
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         t = self.emeval_terms
