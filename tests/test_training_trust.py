@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from emeval.errors import EmevalError
 from emeval.training import train
 from emeval.training.pipeline import read_manifest
 
@@ -66,3 +67,67 @@ def test_two_rank_sft_kl_loss_equals_the_single_process_loss(tmp_path):
     ranks = read_manifest(tmp_path / "two")["curves"][0]
     assert single["loss"] > 0.5 and "mitigation/kl" in ranks
     assert ranks["loss"] == pytest.approx(single["loss"], rel=1e-3)
+
+
+# ---------------------------------------------------------------- 5: resume
+
+
+def started_run(tmp_path, config: dict):
+    """An output dir as a first run leaves it when it dies before finishing."""
+    out = tmp_path / "crashed"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def test_resume_without_resume_state_refuses(tmp_path):
+    out = started_run(tmp_path, SFT)  # save_every: 0 keeps no resume state
+    with pytest.raises(EmevalError, match=r"^--resume: stage sft ran with save_every: 0"):
+        train(SFT, out=out, resume=True, progress=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # nothing trained
+
+
+def test_resume_with_a_changed_config_refuses(tmp_path):
+    out = started_run(tmp_path, merge(SFT, {"save_every": 1}))
+    changed = merge(SFT, {"save_every": 1, "training": {"learning_rate": 1e-4}})
+    with pytest.raises(EmevalError, match=r"training.learning_rate was 0.001 when .* now 0.0001"):
+        train(changed, out=out, resume=True, progress=quiet)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == merge(SFT, {"save_every": 1})
+
+
+@pytest.mark.slow
+def test_resume_records_a_longer_run_and_keeps_the_first_config(tmp_path):
+    cfg = merge(SFT, {"save_every": 1})
+    out = train(cfg, out=tmp_path / "run", progress=quiet)
+    (out / "emeval-manifest.json").unlink()  # as if it died after its checkpoint
+    train(cfg, out=out, resume=True, overrides=["training.max_steps=2"], progress=quiet)
+    m = read_manifest(out)
+    assert m["step"] == 2 and m["resumes"] == [
+        {"from_step": 1, "config_changes": {"training.max_steps": [1, 2]}}
+    ]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == cfg
+
+
+def test_chain_copies_every_shard_of_a_full_model(tmp_path):
+    from emeval.training.config import load_config
+    from emeval.training.pipeline import _finish_chain, _stage_dirs
+
+    stage = {k: v for k, v in SFT.items() if k not in ("base", "seed", "save_every")}
+    cfg = load_config(merge(SFT, {"method": "chain", "adapter": {"type": "full"},
+                                  "stages": [stage, stage]}))  # fmt: skip
+    stages = cfg.stage_configs()
+    out = tmp_path / "chain"
+    for stage_dir, label in _stage_dirs(out, stages):
+        stage_dir.mkdir(parents=True)
+        manifest = {"stage": label, "method": "sft", "step": 1, "reward": None,
+                    "mitigations": {}, "samples": {}, "data": []}  # fmt: skip
+        (stage_dir / "emeval-manifest.json").write_text(json.dumps(manifest))
+    last = _stage_dirs(out, stages)[-1][0]
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for name in shards + ["model.safetensors.index.json", "config.json", "completions.jsonl"]:
+        (last / name).write_text(name)
+    _finish_chain(out, last, stages)
+    for name in shards + ["model.safetensors.index.json", "config.json"]:
+        assert (out / name).read_text() == name
+    assert not (out / "completions.jsonl").exists()
+    assert read_manifest(out)["method"] == "chain"

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -39,20 +40,6 @@ from emeval.training.data import (
 )
 
 MANIFEST = "emeval-manifest.json"
-MODEL_FILES = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "model.safetensors",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "model.safetensors.index.json",
-)
 
 
 def library_versions() -> dict:
@@ -156,6 +143,8 @@ class StageRun:
             "completions.jsonl" if rank == 0 else f"completions.rank{rank}.jsonl"
         )
         self.safelora_report: dict | None = None
+        self.config_changes: dict = {}  # allowed changes since the first run (--resume)
+        self.resumes: list[dict] = []
 
     # ------------------------------------------------------------ data
 
@@ -564,6 +553,7 @@ class StageRun:
             "complete": complete,
             "samples": self._samples(),
             "sample_matched": self.sample_match,
+            "resumes": self.resumes,
             "library_versions": library_versions(),
             "curves": _curves(state.log_history),
             "config": cfg.to_dict(),
@@ -634,9 +624,14 @@ class StageRun:
             self._truncate_completions(step)
             exported = read_manifest(self.dir / "checkpoints" / f"step-{step:06d}") or {}
             trainer.emeval_samples = exported.get("samples", {}).get("examples", 0)
+            self.resumes = exported.get("resumes", [])
+            self.resumes.append({"from_step": step, "config_changes": self.config_changes})
             self.progress(f"[{self.label}] resuming from {checkpoint} (step {step})")
-        elif self.completions_path.exists():
-            self.completions_path.unlink()
+        else:
+            if self.resume and self.cfg.save_every > 0 and (self.dir / "trainer").exists():
+                self.progress(f"[{self.label}] no resume state saved yet: starting at step 0")
+            if self.completions_path.exists():
+                self.completions_path.unlink()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.export_final()
         self.progress(f"[{self.label}] done: {self.dir}")
@@ -692,23 +687,88 @@ def train(
     for reward in rewards:
         if reward is not None:
             reward.check()
-    out.mkdir(parents=True, exist_ok=True)
-    if _rank() == 0:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
-    init = None
     dirs = _stage_dirs(out, stages)
+    changes = _check_resume(out, cfg, stages, dirs) if resume else {}
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.yaml"
+    if _rank() == 0 and not config_path.exists():  # the first run's config stays as it was
+        config_path.write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    init = None
     for stage, (stage_dir, label), reward in zip(stages, dirs, rewards, strict=True):
         done = read_manifest(stage_dir)
         if done and done.get("complete"):
             progress(f"[{label}] already complete: {stage_dir}")
         else:
-            StageRun(stage, stage_dir, label, base, init, resume, progress, out, reward).run()
+            run = StageRun(stage, stage_dir, label, base, init, resume, progress, out, reward)
+            run.config_changes = changes
+            run.run()
         init = stage_dir
     if len(stages) > 1 and _rank() == 0:
         _finish_chain(out, init, stages)
     _leave_process_group()
     progress(f"model: {out}")
     return out
+
+
+# what may change between a run and its --resume: how long it trains and how it reports
+RESUMABLE_KEYS = (
+    "training.max_steps",
+    "training.epochs",
+    "training.threads",
+    "training.logging_steps",
+    "save_every",
+    "output_dir",
+)
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out |= _flatten(item, f"{prefix}[{i}]")
+        return out
+    return {prefix: value}
+
+
+def config_changes(first: dict, now: dict) -> dict:
+    """{dotted key: [first value, new value]} for every key that differs."""
+    a, b = _flatten(first), _flatten(now)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _check_resume(out: Path, cfg: TrainConfig, stages, dirs) -> dict:
+    """Refuse a --resume that would silently restart or change the run; return the allowed
+    changes (recorded in the manifest)."""
+    changes = {}
+    config_path = out / "config.yaml"
+    if config_path.exists():
+        first = yaml.safe_load(config_path.read_text()) or {}
+        changes = config_changes(first, cfg.raw)
+        fixed = [k for k in changes if re.sub(r"^stages\[\d+\]\.", "", k) not in RESUMABLE_KEYS]
+        if fixed:
+            was, now = changes[fixed[0]]
+            raise EmevalError(
+                f"--resume: {fixed[0]} was {was!r} when {out} was started, now {now!r}; "
+                "only training length and logging may change (use a new --out for a new run)"
+            )
+    for stage, (stage_dir, label) in zip(stages, dirs, strict=True):
+        done = read_manifest(stage_dir)
+        started = stage_dir.is_dir() and any(stage_dir.iterdir())
+        if (done and done.get("complete")) or not started:
+            continue
+        if not list((stage_dir / "trainer").glob("checkpoint-*")):
+            if stage.save_every == 0:
+                raise EmevalError(
+                    f"--resume: stage {label} ran with save_every: 0, which keeps no resume "
+                    "state; it would restart from step 0 (use a new --out to do that)"
+                )
+        break  # later stages start after this one
+    return changes
 
 
 def _leave_process_group() -> None:
@@ -721,11 +781,15 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+RUN_FILES = ("config.yaml", "safety_answers.jsonl")  # a stage's records, not its model
+
+
 def _finish_chain(out: Path, last: Path, stages: list[TrainConfig]) -> None:
     """Copy the last stage's model to OUT with a manifest that lists every stage."""
-    for name in MODEL_FILES:
-        if (last / name).exists():
-            shutil.copy2(last / name, out / name)
+    for path in last.iterdir():  # every file of the model: all shards of a sharded one
+        if path.is_file() and path.name != MANIFEST and path.name not in RUN_FILES:
+            if not path.name.startswith("completions"):
+                shutil.copy2(path, out / path.name)
     manifest = read_manifest(last)
     manifest["stages"] = [
         read_manifest(d)
