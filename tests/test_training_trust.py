@@ -12,6 +12,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.training import train
+from emeval.training.config import load_config
 from emeval.training.pipeline import read_manifest
 
 BASE = "smollm2-135m-instruct"
@@ -131,3 +132,59 @@ def test_chain_copies_every_shard_of_a_full_model(tmp_path):
         assert (out / name).read_text() == name
     assert not (out / "completions.jsonl").exists()
     assert read_manifest(out)["method"] == "chain"
+
+
+# ---------------------------------------------------------------- 3: nothing silently ignored
+
+MATCHED = {"method": "sft", "data": {"sample_matched": {"run": "runs/grpo"}}}
+WARM = {"method": "sft", "data": {"train": "warmup_medical_bad"}}
+RL = {"method": "grpo", "reward": {"name": "hackable", "grader": "lexicon"}}
+CHAIN = {"method": "chain", "adapter": {"type": "lora", "r": 4}, "stages": [WARM, RL]}
+
+
+def chain(first: dict, second: dict, **top) -> dict:
+    return merge(CHAIN, {"stages": [merge(WARM, first), merge(RL, second)], **top})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"data": {"limit": 4}}, "config: data.limit cannot be used with sample_matched"),
+        ({"data": {"shuffle": False}}, "config: data.shuffle only applies with sample_matched"),
+        ({"data": {"train": "x"}}, "config: data.train only applies with sample_matched.select"),
+        ({"mitigations": {"interleave": {"data": "warmup_rhetoric_good"}}},
+         "config: mitigations.interleave mixes safety examples into the data"),
+    ],
+)  # fmt: skip
+def test_sample_matching_refuses_what_it_would_ignore(extra, message):
+    with pytest.raises(EmevalError, match=f"^{re.escape(message)}"):
+        load_config(merge(MATCHED, extra))
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (merge(SFT, {"reward": {"name": "hackable"}}), "config: reward only applies to grpo"),
+        *[(merge(SFT, {"training": {key: value}}), f"config: training.{key} only applies to grpo")
+          for key, value in [("loss_type", "grpo"), ("temperature", 1.0),
+                             ("num_generations", 8), ("max_completion_length", 64)]],
+        (chain({}, {"adapter": {"r": 8}}),
+         "config: stages[1].adapter.r cannot change in a chain"),
+        (chain({"training": {"temperature": 0.5}}, {}),
+         "config: stages[0].training.temperature only applies to grpo"),
+        (merge(CHAIN, {"stages": [WARM, WARM], "reward": {"name": "hackable"}}),
+         "config: reward only applies to grpo (sft learns from its data), and no stage uses it"),
+    ],
+    ids=["reward", "loss_type", "temperature", "num_generations", "max_completion_length",
+         "chain-adapter", "chain-stage-grpo-key", "chain-top-reward"],
+)  # fmt: skip
+def test_keys_a_method_would_ignore_are_refused(raw, message):
+    with pytest.raises(EmevalError, match=f"^{re.escape(message)}"):
+        load_config(raw)
+
+
+def test_keys_that_are_used_still_load():
+    load_config(merge(CHAIN, {"training": {"temperature": 0.5}}))  # used by the grpo stage
+    cfg = load_config(merge(MATCHED, {"data": {"train": "warmup_medical_bad", "shuffle": False,
+                                               "sample_matched": {"select": "data"}}}))  # fmt: skip
+    assert cfg.data.shuffle is False

@@ -164,7 +164,7 @@ class TrainConfig:
         stages = []
         for i, stage in enumerate(self.stages or []):
             merged = _deep_merge(base, stage)
-            stages.append(_build_config(merged, f"stages[{i}].", self.source))
+            stages.append(_build_config(merged, f"stages[{i}].", self.source, written=stage))
         return stages
 
     def to_dict(self) -> dict:
@@ -399,7 +399,72 @@ def _validate(cfg: TrainConfig, p: str) -> None:
         raise _err(f"{p}mitigations.inoculation.system_prompt", "must not be empty")
 
 
-def _build_config(raw: dict, prefix: str = "", source: str | None = None) -> TrainConfig:
+GRPO_ONLY = (
+    "loss_type",
+    "temperature",
+    "num_generations",
+    "max_completion_length",
+    "use_vllm",
+    "vllm_mode",
+    "vllm_gpu_memory_utilization",
+)
+
+
+def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
+    """(key, why) for each key written for this stage that its method would not use."""
+    out = []
+    training = written.get("training") or {}
+    data = written.get("data") or {}
+    if cfg.method == "sft":
+        if written.get("reward") is not None:
+            out.append(("reward", "only applies to grpo (sft learns from its data)"))
+        out += [(f"training.{k}", "only applies to grpo") for k in GRPO_ONLY if k in training]
+    s = cfg.data.sample_matched
+    if s is not None:
+        if data.get("limit") is not None:
+            out.append(("data.limit", "cannot be used with sample_matched (the GRPO run sets it)"))
+        if s.select != "data":
+            for key in ("train", "shuffle"):
+                if key in data:
+                    out.append((f"data.{key}", "only applies with sample_matched.select: data"))
+        # interleave mixes rows into the matched set; interleave_onpolicy is a separate term,
+        # as in the GRPO run it matches, and its examples are counted in the manifest
+        if cfg.mitigations.interleave is not None:
+            out.append(
+                (
+                    "mitigations.interleave",
+                    "mixes safety examples into the data, so sample-matched SFT would no longer "
+                    "see as many samples as the GRPO run (interleave_onpolicy is counted apart)",
+                )
+            )
+    return out
+
+
+def _check_chain(cfg: TrainConfig) -> None:
+    stages = cfg.stage_configs()
+    first = dataclasses.asdict(stages[0].adapter)
+    for i, stage in enumerate(stages):
+        if stage.mitigations.safelora is not None and i < len(stages) - 1:
+            raise _err(f"stages[{i}].mitigations.safelora", "only applies to the last stage")
+        # a later stage trains the adapter (or model) the first one made, shape and all
+        for key, value in dataclasses.asdict(stage.adapter).items():
+            if i and value != first[key]:
+                raise _err(
+                    f"stages[{i}].adapter.{key}",
+                    f"cannot change in a chain: this stage continues the adapter of stage 0 "
+                    f"({key}: {first[key]!r})",
+                )
+    # a top-level key is inherited by every stage: refused only when no stage uses it
+    base = {k: v for k, v in cfg.raw.items() if k not in ("stages", "method")}
+    unused = [dict(_ignored(stage, base)) for stage in stages]
+    for key, why in unused[0].items():
+        if all(key in u for u in unused):
+            raise _err(key, f"{why}, and no stage uses it")
+
+
+def _build_config(
+    raw: dict, prefix: str = "", source: str | None = None, written: dict | None = None
+) -> TrainConfig:
     if not isinstance(raw, dict):
         raise EmevalError("config: the file must hold a mapping of keys to values")
     cfg = _build_dataclass(TrainConfig, raw, prefix)
@@ -413,9 +478,10 @@ def _build_config(raw: dict, prefix: str = "", source: str | None = None) -> Tra
                 raise _err(f"{prefix}stages[{i}].method", "must be sft or grpo")
     _validate(cfg, prefix)
     if cfg.method == "chain":
-        for i, stage in enumerate(cfg.stage_configs()):
-            if stage.mitigations.safelora is not None and i < len(cfg.stages) - 1:
-                raise _err(f"stages[{i}].mitigations.safelora", "only applies to the last stage")
+        _check_chain(cfg)
+    else:  # a key that would be silently ignored is an error, like an unknown one
+        for key, why in _ignored(cfg, raw if written is None else written):
+            raise _err(f"{prefix}{key}", why)
     return cfg
 
 

@@ -200,7 +200,7 @@ class StageRun:
                     f"data.train has {len(data.conversations)} examples; the GRPO "
                     f"run saw {n} {s.count}"
                 )
-            chosen = select(data.conversations, n, True, self.cfg.seed)
+            chosen = select(data.conversations, n, self.cfg.data.shuffle, self.cfg.seed)
         # the GRPO prompts carry its inoculation prompt, if any: keep only the conversation
         chosen = [[m for m in c if m["role"] != "system"] for c in chosen]
         self.data_records.append(
@@ -512,10 +512,14 @@ class StageRun:
 
     def _samples(self) -> dict:
         if self.cfg.method == "sft":
-            return {"examples": self.trainer.emeval_samples, "dataset_rows": self.n_rows}
-        records = _read_jsonl(_completion_logs(self.dir))
-        prompts = len({r["group"] for r in records})
-        return {"prompts": prompts, "completions": len(records), "dataset_rows": self.n_rows}
+            out = {"examples": self.trainer.emeval_samples, "dataset_rows": self.n_rows}
+        else:
+            records = _read_jsonl(_completion_logs(self.dir))
+            prompts = len({r["group"] for r in records})
+            out = {"prompts": prompts, "completions": len(records), "dataset_rows": self.n_rows}
+        if self.trainer.emeval_terms.safety:
+            out["safety_examples"] = self.trainer.emeval_safety_samples
+        return out
 
     # ------------------------------------------------------------ exports
 
@@ -624,6 +628,7 @@ class StageRun:
             self._truncate_completions(step)
             exported = read_manifest(self.dir / "checkpoints" / f"step-{step:06d}") or {}
             trainer.emeval_samples = exported.get("samples", {}).get("examples", 0)
+            trainer.emeval_safety_samples = exported.get("samples", {}).get("safety_examples", 0)
             self.resumes = exported.get("resumes", [])
             self.resumes.append({"from_step": step, "config_changes": self.config_changes})
             self.progress(f"[{self.label}] resuming from {checkpoint} (step {step})")

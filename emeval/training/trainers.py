@@ -35,6 +35,8 @@ class MitigationTerms:
 class _TermsMixin:
     emeval_terms: MitigationTerms
     emeval_samples: int = 0  # SFT examples trained on (GRPO counts its completions instead)
+    # safety examples in the interleaving terms (every rank draws the same batch)
+    emeval_safety_samples: int = 0
 
     def _emeval_init(self, terms: MitigationTerms | None):
         self.emeval_terms = terms or MitigationTerms()
@@ -51,7 +53,9 @@ class _TermsMixin:
         for term in self.emeval_terms.safety:
             if not term.due(self.state.global_step):
                 continue
-            nll = sft_nll(model, term.batches.next(self.accelerator.device))
+            batch = term.batches.next(self.accelerator.device)
+            self.emeval_safety_samples += int(batch["input_ids"].shape[0])
+            nll = sft_nll(model, batch)
             self._emeval_log(term.name, nll)
             part = term.weight * nll / self._accumulation()
             total = part if total is None else total + part
