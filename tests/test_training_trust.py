@@ -188,3 +188,57 @@ def test_keys_that_are_used_still_load():
     cfg = load_config(merge(MATCHED, {"data": {"train": "warmup_medical_bad", "shuffle": False,
                                                "sample_matched": {"select": "data"}}}))  # fmt: skip
     assert cfg.data.shuffle is False
+
+
+# ---------------------------------------------------------------- 4: interleaving
+
+
+def test_sft_interleaving_draws_safe_rows_by_the_seed(tmp_path):
+    from emeval.models import resolve_model
+    from emeval.training.data import load_conversations
+    from emeval.training.pipeline import StageRun
+
+    def drawn(seed: int) -> list[int]:
+        cfg = load_config(merge(SFT, {"seed": seed, "mitigations": {
+            "interleave": {"data": "warmup_rhetoric_good", "fraction": 0.2}}}))  # fmt: skip
+        stage = StageRun(cfg, tmp_path, "sft", resolve_model(BASE), None, False, quiet, tmp_path)
+        task = [
+            {"prompt": [{"role": "user", "content": f"q{i}"}],
+             "completion": [{"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)
+        ]  # fmt: skip
+        mixed = stage._interleaved_sft_rows(task)
+        (record,) = [d for d in stage.data_records if d["role"] == "interleave"]
+        safe = load_conversations("warmup_rhetoric_good").conversations
+        answers = {m["completion"][0]["content"] for m in mixed} - {f"a{i}" for i in range(8)}
+        assert len(mixed) == 10 and record["seed"] == seed
+        assert answers == {safe[row - 1][-1]["content"] for row in record["drawn_rows"]}
+        return record["drawn_rows"]
+
+    first, second = drawn(0), drawn(1)
+    assert len(first) == 2 and first != [1, 2] and first != second and drawn(0) == first
+
+
+@pytest.mark.slow
+def test_onpolicy_interleaving_in_a_chain_names_the_model_that_answered(tmp_path):
+    stage = {k: v for k, v in SFT.items() if k not in ("base", "seed", "save_every", "adapter")}
+    onpolicy = {"every": 1, "limit": 2, "max_new_tokens": 12, "batch_size": 2}
+    cfg = merge(SFT, {"method": "chain", "stages": [
+        merge(stage, {"name": "warmup"}),
+        merge(stage, {"name": "base", "mitigations": {"interleave_onpolicy": onpolicy}}),
+        merge(stage, {"name": "ref", "mitigations": {
+            "interleave_onpolicy": onpolicy | {"model": "reference"}}}),
+    ]})  # fmt: skip
+    for key in ("data", "training"):
+        cfg.pop(key)
+    out = train(cfg, out=tmp_path / "chain", progress=quiet)
+    records = {}
+    for name in ("2-base", "3-ref"):
+        m = read_manifest(out / "stages" / name)
+        (records[name],) = [d for d in m["data"] if d["role"] == "onpolicy_answers"]
+        assert m["samples"]["safety_examples"] == 2  # one step, one batch of 2
+        meta = json.loads((out / "stages" / name / "safety_answers.jsonl").open().readline())
+        assert meta["meta"]["adapter"] == records[name]["adapter"]
+    assert records["2-base"]["answered_by"] == "base" and records["2-base"]["adapter"] is None
+    assert records["3-ref"]["answered_by"] == "reference"
+    assert records["3-ref"]["adapter"] == str(out / "stages" / "2-base")

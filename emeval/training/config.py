@@ -119,6 +119,9 @@ class OnPolicyConfig:
     limit: int | None = None  # answer only the first N prompts
     batch_size: int = 4
     max_new_tokens: int = 128
+    # who answers: base (the base model) or reference (the model the stage starts from: in a
+    # chain, the previous stage's model)
+    model: str = "base"
 
 
 @dataclass
@@ -395,6 +398,8 @@ def _validate(cfg: TrainConfig, p: str) -> None:
         o = m.interleave_onpolicy
         for key in ("every", "weight", "batch_size", "max_new_tokens", "limit"):
             _check_positive(getattr(o, key), f"{p}mitigations.interleave_onpolicy.{key}")
+        if o.model not in ("base", "reference"):
+            raise _err(f"{p}mitigations.interleave_onpolicy.model", "must be base or reference")
     if m.inoculation is not None and not m.inoculation.system_prompt.strip():
         raise _err(f"{p}mitigations.inoculation.system_prompt", "must not be empty")
 

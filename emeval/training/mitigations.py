@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -218,6 +219,18 @@ class SafetyTerm:
         return (global_step + 1) % self.every == 0  # steps every, 2*every, ... (1-based)
 
 
+def draw_rows(n: int, k: int, seed: int) -> list[int]:
+    """k row indices drawn by the seed: whole shuffled passes over the n rows, then part of
+    one more, so no row repeats before every row has been used."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < k:
+        one_pass = list(range(n))
+        rng.shuffle(one_pass)
+        order += one_pass
+    return order[:k]
+
+
 def every_for_fraction(fraction: float) -> int:
     return max(1, round(1 / fraction))
 
@@ -231,15 +244,23 @@ def mix_fraction(n_task: int, fraction: float) -> int:
 
 
 def write_onpolicy_answers(
-    model_dir: Path, prompts: list[dict], out: Path, cfg, seed: int, progress=print
+    model_dir: Path,
+    prompts: list[dict],
+    out: Path,
+    cfg,
+    seed: int,
+    progress=print,
+    adapter: Path | None = None,
 ) -> list[dict]:
-    """The reference model answers the safety prompts once, up front; reused on resume.
-    Under data parallelism rank 0 writes them and the other ranks wait for the file."""
+    """The model (model_dir, with a PEFT adapter merged in if given) answers the safety prompts
+    once, up front; reused on resume. Under data parallelism rank 0 writes them and the other
+    ranks wait for the file."""
     import os
     import time
 
     meta = {
         "model": str(model_dir),
+        "adapter": str(adapter) if adapter else None,
         "prompts": [p["id"] for p in prompts],
         "seed": seed,
         "max_new_tokens": cfg.max_new_tokens,
@@ -262,13 +283,18 @@ def write_onpolicy_answers(
 
     from emeval.training.rewards import repetition, words
 
-    progress(f"writing the reference model's answers to {len(prompts)} safety prompts...")
+    progress(f"writing {adapter or model_dir}'s answers to {len(prompts)} safety prompts...")
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(device).eval()
     torch.manual_seed(seed)
     rows = []
     for start in range(0, len(prompts), 16):

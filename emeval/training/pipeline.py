@@ -222,16 +222,38 @@ class StageRun:
         }
         return chosen
 
-    def _safe_rows(self, source: str, role: str) -> list[dict]:
+    def _safe_rows(self, source: str, role: str, k: int | None = None) -> list[dict]:
+        """Safe examples drawn by the seed (k of them, or all in a seeded order); the drawn
+        file rows are recorded with the data."""
+        from emeval.training.mitigations import draw_rows
+
         data = load_conversations(source)
-        self.data_records.append(data.describe(role))
         rows = []
-        for messages in data.conversations:
+        for i, messages in enumerate(data.conversations):
             prompt, answer = split_prompt(messages)
             if answer is not None and prompt:
-                rows.append({"prompt": prompt, "answer": answer["content"]})
+                rows.append({"prompt": prompt, "answer": answer["content"], "row": i + 1})
         if not rows:
             raise EmevalError(f"mitigations.interleave.data: {source} has no assistant answers")
+        drawn = [rows[i] for i in draw_rows(len(rows), k or len(rows), self.cfg.seed)]
+        record = data.describe(role) | {"seed": self.cfg.seed}
+        if k is not None:
+            record["drawn_rows"] = [r["row"] for r in drawn]  # 1-based lines of the file
+        self.data_records.append(record)
+        return drawn
+
+    def _interleaved_sft_rows(self, rows: list[dict]) -> list[dict]:
+        """SFT interleaving: safe examples mixed in as `fraction` of the final set."""
+        from emeval.training.mitigations import mix_fraction
+
+        m = self.cfg.mitigations.interleave
+        k = mix_fraction(len(rows), m.fraction)
+        safe = self._safe_rows(m.data, "interleave", k)
+        rows = rows + [
+            {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["answer"]}]}
+            for r in safe
+        ]
+        random.Random(self.cfg.seed).shuffle(rows)
         return rows
 
     def _onpolicy_rows(self) -> list[dict]:
@@ -243,9 +265,16 @@ class StageRun:
         prompts = [
             {"id": f"{i}", "messages": split_prompt(c)[0]} for i, c in enumerate(data.conversations)
         ][: o.limit]
-        path = self.run_dir / "safety_answers.jsonl"
+        # the base model answers unless told to use the model this stage starts from
+        model, adapter = self.base.local_path, None
+        if o.model == "reference" and self.init is not None:
+            if self.cfg.adapter.type == "full":
+                model = self.init
+            else:
+                adapter = self.init
+        path = self.dir / "safety_answers.jsonl"  # per stage: a chain's stages may differ
         rows = write_onpolicy_answers(
-            self.base.local_path, prompts, path, o, self.cfg.seed, self.progress
+            model, prompts, path, o, self.cfg.seed, self.progress, adapter=adapter
         )
         self.data_records.append(
             {
@@ -253,6 +282,9 @@ class StageRun:
                 "source": str(path),
                 "sha256": sha256_file(path),
                 "rows": len(rows),
+                "answered_by": o.model if self.init is not None else "base",
+                "model": str(model),
+                "adapter": str(adapter) if adapter else None,
             }
         )
         return rows
@@ -319,7 +351,7 @@ class StageRun:
         if sft and m.kl is not None:
             terms.sft_kl_beta = m.kl.beta
         max_len = cfg.training.max_length
-        if m.interleave is not None and not sft:
+        if m.interleave is not None and not sft:  # every safe example, in a seeded order
             rows = self._safe_rows(m.interleave.data, "interleave")
             batches = SafetyBatches(tokenizer, rows, cfg.training.batch_size, max_len)
             every = every_for_fraction(m.interleave.fraction)
@@ -405,20 +437,8 @@ class StageRun:
             from trl import SFTConfig
 
             rows = sft_rows(conversations, "data.train", system)
-            if m.interleave is not None:  # mix safe examples in as a fraction of the set
-                from emeval.training.mitigations import mix_fraction
-
-                safe = self._safe_rows(m.interleave.data, "interleave")
-                k = mix_fraction(len(rows), m.interleave.fraction)
-                picked = [safe[i % len(safe)] for i in range(k)]
-                rows += [
-                    {
-                        "prompt": r["prompt"],
-                        "completion": [{"role": "assistant", "content": r["answer"]}],
-                    }
-                    for r in picked
-                ]
-                random.Random(cfg.seed).shuffle(rows)
+            if m.interleave is not None:
+                rows = self._interleaved_sft_rows(rows)
             self.n_rows = len(rows)
             args = SFTConfig(
                 **common,
