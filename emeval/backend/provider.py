@@ -14,11 +14,16 @@ one batch. Model args (`-M name=value`):
   linear layers run on weights packed once for oneDNN; see compute.py).
 - use_safetensors, trust_remote_code: passed on to transformers (emeval sets them from its
   checkpoint checks).
+
+For tests only: EMEVAL_TEST_HOLD=N:FILE lets this process's first N generate calls through and
+holds every later one until FILE exists, so a test can interrupt a run with work certainly left
+(tests/test_run_cli.py). Unset, it is one environment lookup per call and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -163,6 +168,7 @@ class EmevalLocalAPI(ModelAPI):
     ) -> ModelOutput:
         if tools:
             raise ValueError("the emeval provider does not support tool calls")
+        await _test_hold()
         prompt = self.prompt_ids(input)
         temperature = 1.0 if config.temperature is None else config.temperature
         params = SamplingParams(
@@ -231,3 +237,19 @@ async def _wait(future: Future) -> Completion:
     while not future.done():  # other event loops (trio): poll, cheaply
         await anyio.sleep(0.05)
     return future.result()
+
+
+_test_hold_calls = 0
+
+
+async def _test_hold() -> None:
+    """EMEVAL_TEST_HOLD=N:FILE (see the module docstring); cancellable, so SIGINT still works."""
+    global _test_hold_calls
+    hold = os.environ.get("EMEVAL_TEST_HOLD")
+    if not hold:
+        return
+    after, _, release = hold.partition(":")
+    _test_hold_calls += 1  # on the event loop, before any await: no lock needed
+    if _test_hold_calls > int(after):
+        while not Path(release).exists():
+            await anyio.sleep(0.05)
