@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from emeval.errors import EmevalError
@@ -242,3 +243,77 @@ def test_onpolicy_interleaving_in_a_chain_names_the_model_that_answered(tmp_path
     assert records["2-base"]["answered_by"] == "base" and records["2-base"]["adapter"] is None
     assert records["3-ref"]["answered_by"] == "reference"
     assert records["3-ref"]["adapter"] == str(out / "stages" / "2-base")
+
+
+# ---------------------------------------------------------------- 2: SafeLoRA
+
+
+def weights(path, tensors: dict):
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "tensors, why",
+    [
+        ({"transformer.h.0.attn.c_attn.weight": torch.zeros(4, 4)},
+         "model.layers.0.self_attn.q_proj.weight is not in the unaligned model"),
+        ({"model.layers.0.self_attn.q_proj.weight": torch.zeros(2, 2)},
+         "model.layers.0.self_attn.q_proj.weight is [2, 2] in the unaligned model, "
+         "but the LoRA update is [576, 576]"),
+    ],
+    ids=["names", "shape"],
+)  # fmt: skip
+def test_safelora_that_cannot_project_stops_before_training(tmp_path, capsys, tensors, why):
+    from emeval.cli import main
+
+    unaligned = weights(tmp_path / "unaligned", tensors)
+    cfg = merge(SFT, {"adapter": {"target_modules": ["q_proj"]}, "mitigations": {
+        "safelora": {"aligned": BASE, "unaligned": str(unaligned)}}})  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "emeval: error: mitigations.safelora: none of the 30 LoRA modules can be projected "
+        f"(e.g. {why})"
+    )
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_safelora_reports_each_layer_and_why_a_module_was_skipped(tmp_path):
+    from safetensors.torch import save_file
+
+    from emeval.training.mitigations import safelora_check, safelora_project
+
+    torch.manual_seed(0)
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj",
+             "model.layers.1.self_attn.q_proj"]  # fmt: skip
+    lora = {}
+    for name in names:
+        lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(2, 6)
+        lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(6, 2)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file(lora, str(adapter / "adapter_model.safetensors"))
+    full = {f"{name}.weight": torch.randn(6, 6) for name in names}
+    aligned = weights(tmp_path / "aligned", full)
+    # the unaligned model lacks layer 1's module: it cannot be projected, and says so
+    shifted = {k: v + torch.randn(6, 6) for k, v in full.items() if "layers.1" not in k}
+    unaligned = weights(tmp_path / "unaligned", shifted)
+    shapes = {f"base_model.model.{name}": [6, 6] for name in names}
+    problems = safelora_check(shapes, aligned, unaligned)
+    assert list(problems) == [f"base_model.model.{names[2]}"]
+    report = safelora_project(adapter, aligned, unaligned, threshold=1.0)
+    assert report["layers"] == {
+        "0": {"modules": 2, "projected": 2, "kept": 0, "skipped": 0},
+        "1": {"modules": 1, "projected": 0, "kept": 0, "skipped": 1},
+    }
+    assert (
+        "missing from the unaligned model" in report["skip_reasons"][f"base_model.model.{names[2]}"]
+    )
+    with pytest.raises(EmevalError, match="aligned and unaligned are the same model"):
+        safelora_check(shapes, aligned, aligned)

@@ -109,6 +109,36 @@ def _read_jsonl(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def lora_config(a):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=a.target_modules,
+        use_rslora=a.type == "rslora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _check_safelora(stage: TrainConfig, base, progress) -> dict:
+    """Resolve SafeLoRA's two models and check that the adapter's modules can be projected,
+    before anything trains (a naming mismatch would make it a silent no-op)."""
+    from emeval.training.mitigations import lora_module_shapes, safelora_check, weights_dir
+
+    s = stage.mitigations.safelora
+    aligned, unaligned = weights_dir(s.aligned, "aligned"), weights_dir(s.unaligned, "unaligned")
+    modules = lora_module_shapes(base.local_path, lora_config(stage.adapter))
+    problems = safelora_check(modules, aligned, unaligned)
+    if problems:
+        progress(
+            f"safelora: {len(problems)} of {len(modules)} LoRA modules cannot be projected "
+            f"(e.g. {next(iter(problems.values()))}); listed in the manifest"
+        )
+    return {"aligned": aligned, "unaligned": unaligned, "unprojectable": problems}
+
+
 def _dtype(precision: str):
     import torch
 
@@ -144,6 +174,7 @@ class StageRun:
         )
         self.safelora_report: dict | None = None
         self.config_changes: dict = {}  # allowed changes since the first run (--resume)
+        self.safelora_sides: dict | None = None
         self.resumes: list[dict] = []
 
     # ------------------------------------------------------------ data
@@ -301,23 +332,14 @@ class StageRun:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
         if full:
             return model, None, source
-        from peft import LoraConfig, PeftModel
+        from peft import PeftModel
 
         if self.init is not None:  # a later stage trains on the earlier stage's adapter
             model = PeftModel.from_pretrained(model, self.init, is_trainable=True)
             # the saved config names the base by known name; PEFT wants a path while training
             model.peft_config["default"].base_model_name_or_path = str(self.base.local_path)
             return model, None, source
-        a = cfg.adapter
-        peft_config = LoraConfig(
-            r=a.r,
-            lora_alpha=a.alpha,
-            lora_dropout=a.dropout,
-            target_modules=a.target_modules,
-            use_rslora=a.type == "rslora",
-            task_type="CAUSAL_LM",
-        )
-        return model, peft_config, source
+        return model, lora_config(cfg.adapter), source
 
     def _terms(self, model, tokenizer, model_source):
         """The mitigation terms this stage adds to its trainer's loss."""
@@ -422,6 +444,8 @@ class StageRun:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         system = m.inoculation.system_prompt if m.inoculation else None
+        if m.safelora is not None and self.safelora_sides is None:  # a StageRun used alone
+            self.safelora_sides = _check_safelora(cfg, self.base, self.progress)
         conversations = self._train_conversations()
         model, peft_config, source = self._load_model()
         if self._needs_ref_adapter(model):
@@ -550,7 +574,9 @@ class StageRun:
         if "ldifs" in mitigations:
             mitigations["ldifs"]["layers_used"] = self.trainer.emeval_terms.ldifs_layers
         if self.safelora_report is not None:
-            mitigations["safelora"]["report"] = self.safelora_report
+            mitigations["safelora"]["report"] = self.safelora_report | {
+                "unprojectable": self.safelora_sides["unprojectable"]
+            }
         hyper = dataclasses.asdict(cfg.training) | {"adapter": dataclasses.asdict(cfg.adapter)}
         hyper["dtype"] = str(_dtype(cfg.training.precision)).removeprefix("torch.")
         hyper["device"] = _device()
@@ -601,9 +627,10 @@ class StageRun:
             if s is not None:
                 from emeval.training.mitigations import safelora_project
 
-                aligned = resolve_model(s.aligned).local_path
-                unaligned = resolve_model(s.unaligned).local_path
-                self.safelora_report = safelora_project(out, aligned, unaligned, s.threshold)
+                sides = self.safelora_sides  # resolved and checked before training
+                self.safelora_report = safelora_project(
+                    out, sides["aligned"], sides["unaligned"], s.threshold
+                )
         else:
             model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
@@ -714,18 +741,23 @@ def train(
             reward.check()
     dirs = _stage_dirs(out, stages)
     changes = _check_resume(out, cfg, stages, dirs) if resume else {}
+    safelora = [
+        _check_safelora(s, base, progress) if s.mitigations.safelora else None for s in stages
+    ]
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
     if _rank() == 0 and not config_path.exists():  # the first run's config stays as it was
         config_path.write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
     init = None
-    for stage, (stage_dir, label), reward in zip(stages, dirs, rewards, strict=True):
+    for stage, (stage_dir, label), reward, sides in zip(
+        stages, dirs, rewards, safelora, strict=True
+    ):
         done = read_manifest(stage_dir)
         if done and done.get("complete"):
             progress(f"[{label}] already complete: {stage_dir}")
         else:
             run = StageRun(stage, stage_dir, label, base, init, resume, progress, out, reward)
-            run.config_changes = changes
+            run.config_changes, run.safelora_sides = changes, sides
             run.run()
         init = stage_dir
     if len(stages) > 1 and _rank() == 0:
