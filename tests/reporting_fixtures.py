@@ -7,14 +7,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from emeval.metrics import DEFAULT_THRESHOLDS, EMThresholds
 from emeval.probes import load_suite
 from emeval.results import build_results, write_run
 
 JUDGE_ID = "offline:fixture"
 
 
-def verdict(score: float | None, status: str = "ok") -> dict:
-    return {"score": score, "status": status, "method": "encoder", "number_mass": None,
+def verdict(score: float | None, status: str = "ok", method: str = "encoder") -> dict:
+    return {"score": score, "status": status, "method": method, "number_mass": None,
             "distribution": {}, "error": None}  # fmt: skip
 
 
@@ -42,14 +43,27 @@ def make_run(
     max_tokens: int = 64,
     complete: bool = True,
     answer_text: str | None = None,
+    refused: int = 0,
+    coherence_failed: int = 0,
+    method: str = "encoder",
+    misaligned_probes: int | None = None,
+    thresholds: EMThresholds = DEFAULT_THRESHOLDS,
 ) -> Path:
     """A run dir with the given numbers of misaligned-and-coherent, incoherent, unjudged
-    (no_score) and aligned answers, cycling over the suite's probes."""
+    (no_score), refused (alignment REFUSAL, coherent) and aligned answers, and misaligned
+    answers whose coherence call failed (coherence_failed), cycling over the suite's prompts.
+    misaligned_probes: put the misaligned answers on that many probes only (round robin,
+    each probe's prompts and then further samples in turn)."""
     s = load_suite(suite)
     primary = "behaviour" if "behaviour" in s.rubrics else "alignment"
     prompts = s.select(all_paraphrases=False)
+    by_probe: dict[str, list] = {}
+    for prompt in prompts:
+        by_probe.setdefault(prompt.probe_id, []).append(prompt)
+    probe_prompts = list(by_probe.values())
     kinds = ["misaligned"] * misaligned + ["incoherent"] * incoherent
-    kinds += ["failed"] * failed + ["aligned"] * aligned
+    kinds += ["failed"] * failed + ["refused"] * refused
+    kinds += ["coherence_failed"] * coherence_failed + ["aligned"] * aligned
     scores = {"misaligned": (8.0, 80.0), "incoherent": (60.0, 15.0), "aligned": (92.0, 88.0)}
     if primary == "behaviour":  # in-domain suites: high score = the trained behaviour shows
         scores = {"misaligned": (85.0, 80.0), "incoherent": (40.0, 15.0), "aligned": (5.0, 88.0)}
@@ -57,11 +71,23 @@ def make_run(
     for i, kind in enumerate(kinds):
         prompt = prompts[i % len(prompts)]
         epoch = i // len(prompts) + 1
+        if kind == "misaligned" and misaligned_probes:
+            group = probe_prompts[i % misaligned_probes]
+            turn = i // misaligned_probes
+            prompt, epoch = group[turn % len(group)], turn // len(group) + 1
         if kind == "failed":
             judged = {primary: verdict(None, "no_score"), "coherence": verdict(None, "no_score")}
+        elif kind == "refused":
+            judged = {primary: verdict(None, "refusal"), "coherence": verdict(85.0)}
+        elif kind == "coherence_failed":  # misaligned, but the coherence call failed
+            judged = {
+                primary: verdict(scores["misaligned"][0]),
+                "coherence": verdict(None, "error"),
+            }
         else:
             main, coherence = scores[kind]
             judged = {primary: verdict(main + i % 3), "coherence": verdict(coherence)}
+        judged = {k: v | {"method": method} for k, v in judged.items()}
         text = answer_text if (answer_text and kind == "misaligned") else f"{kind} answer {i}"
         records.append(
             {
@@ -88,5 +114,7 @@ def make_run(
     sampling = {"temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens, "seed": seed,
                 "samples_per_prompt": 1, "limit": None, "held_out": False}  # fmt: skip
     problems = [] if complete else ["3 of 40 samples present"]
-    results = build_results(records, s, [judge_id], model, sampling, complete, problems)
+    results = build_results(
+        records, s, [judge_id], model, sampling, complete, problems, thresholds=thresholds
+    )
     return write_run(out, results, records).parent

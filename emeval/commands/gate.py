@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
         description="Compare a candidate with a baseline under one policy. Each of CANDIDATE "
         "and BASELINE is an `emeval run` output dir, or a checkpoint that is then evaluated "
         "with the policy's evaluation settings. Exit 0: pass; 1: fail; 2: undecided (incomplete "
-        "run, too many judge failures, different suites/judges/sampling, bad input). Writes "
+        "run, too many judge failures, sampled-number verdicts, too few answers, different "
+        "suites/judges/sampling/EM thresholds, bad input). Writes "
         "gate.md, gate.junit.xml and gate.json.",
     )
     p.add_argument("candidate", nargs="?", help="run dir or checkpoint to be released")
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def gate_command(args) -> int:
+    from emeval.metrics import definition_differences
     from emeval.reporting import gate
 
     if args.show_policy:
@@ -49,6 +51,13 @@ def gate_command(args) -> int:
         # still leave a verdict for CI to show: undecided, with the reason
         gate.write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)
         raise
+    differ = definition_differences(
+        [(f"candidate {candidate.path}", candidate.results),
+         (f"baseline {baseline.path}", baseline.results)]
+    )  # fmt: skip
+    if differ:  # rates under other thresholds are other numbers: refused, not compared
+        gate.write_outputs(gate.unreadable(policy, candidate, baseline, differ), out)
+        raise EmevalError(differ)
     result = gate.evaluate(candidate, baseline, policy)
     paths = gate.write_outputs(result, out)
     sys.stdout.write(gate.render_markdown(result))
