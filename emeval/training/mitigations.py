@@ -299,7 +299,11 @@ def write_onpolicy_answers(
     model = model.to(device).eval()
     torch.manual_seed(seed)
     rows = []
+    began = time.perf_counter()
     for start in range(0, len(prompts), 16):
+        if start:  # counts and time left between chunks: a long list takes minutes
+            left = (time.perf_counter() - began) / start * (len(prompts) - start)
+            progress(f"safety answers: {start}/{len(prompts)} prompts (~{round(left)} s left)")
         chunk = prompts[start : start + 16]
         enc = tok.apply_chat_template(
             [p["messages"] for p in chunk],

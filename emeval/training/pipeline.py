@@ -24,6 +24,7 @@ import platform
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -175,6 +176,7 @@ class StageRun:
         self.safelora_report: dict | None = None
         self.config_changes: dict = {}  # allowed changes since the first run (--resume)
         self.safelora_sides: dict | None = None
+        self.bar_file = None  # a terminal to draw a progress bar on (else plain lines)
         self.resumes: list[dict] = []
 
     # ------------------------------------------------------------ data
@@ -513,7 +515,7 @@ class StageRun:
             **extra,
         )
         trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(ProgressCallback(self.label, self.progress))
+        trainer.add_callback(ProgressCallback(self.label, self.progress, self.bar_file))
         if cfg.save_every > 0:
             trainer.add_callback(ExportCallback(self.export_checkpoint))
         self.trainer = trainer
@@ -713,8 +715,14 @@ def train(
 ) -> Path:
     """Train as the config says; return the output dir, which `emeval run` evaluates."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bar_file = None
     if progress is None:  # one voice under data parallelism: rank 0's
         progress = (lambda line: print(line, flush=True)) if _rank() == 0 else (lambda line: None)
+        if _rank() == 0 and sys.stdout.isatty():  # a bar on a terminal; lines in logs
+            from tqdm.auto import tqdm
+
+            bar_file = sys.stdout
+            progress = lambda line: tqdm.write(line, file=sys.stdout)  # noqa: E731
     cfg = load_config(config, list(overrides))
     out = out or cfg.output_dir
     if not out:
@@ -758,6 +766,7 @@ def train(
         else:
             run = StageRun(stage, stage_dir, label, base, init, resume, progress, out, reward)
             run.config_changes, run.safelora_sides = changes, sides
+            run.bar_file = bar_file
             run.run()
         init = stage_dir
     if len(stages) > 1 and _rank() == 0:

@@ -156,8 +156,16 @@ class EmevalGRPOTrainer(_TermsMixin, GRPOTrainer):
         return loss if safety is None else loss + safety
 
 
+def time_left(seconds: float) -> str:
+    """H:MM:SS, as tqdm and TRL print it."""
+    import datetime
+
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
 class ProgressCallback(TrainerCallback):
-    """One line per logging step: step, loss, reward and the mitigation terms, with speed."""
+    """Steps done of the total, with the estimated time left. On a terminal a tqdm bar (the
+    metrics in its postfix); elsewhere (logs, pipes, CI) one plain line per logging step."""
 
     KEYS = (
         "loss",
@@ -170,29 +178,59 @@ class ProgressCallback(TrainerCallback):
         "mitigation/interleave_onpolicy",
     )
 
-    def __init__(self, label: str, progress):
+    def __init__(self, label: str, progress, bar_file=None):
         import time
 
         self.label, self.progress, self.clock = label, progress, time.perf_counter
-        self.last_time = None
-        self.last_step = 0
+        self.bar_file = bar_file  # a terminal stream: draw a bar there instead of lines
+        self.bar = None
+        self.start_time = self.last_time = None
+        self.start_step = self.last_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.last_time, self.last_step = self.clock(), state.global_step
+        self.start_time = self.last_time = self.clock()
+        self.start_step = self.last_step = state.global_step
+        if self.bar_file is not None:
+            from tqdm.auto import tqdm
+
+            total = state.max_steps if state.max_steps > 0 else None
+            self.bar = tqdm(
+                total=total,
+                initial=state.global_step,
+                desc=f"[{self.label}]",
+                unit="step",
+                file=self.bar_file,
+                dynamic_ncols=True,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
-        now = self.clock()
-        steps = max(1, state.global_step - self.last_step)
-        speed = (now - self.last_time) / steps
-        self.last_time, self.last_step = now, state.global_step
         parts = [f"{k.removeprefix('mitigation/')}={logs[k]:.4g}" for k in self.KEYS if k in logs]
-        total = state.max_steps if state.max_steps > 0 else "?"
-        self.progress(
-            f"[{self.label}] step {state.global_step}/{total} {' '.join(parts)} "
-            f"({speed:.1f} s/step)"
-        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(" ".join(parts), refresh=True)
+            return
+        now = self.clock()
+        speed = (now - self.last_time) / max(1, state.global_step - self.last_step)
+        self.last_time, self.last_step = now, state.global_step
+        if state.max_steps > 0:
+            # the average over this run's steps so far: steadier than the last interval
+            done = max(1, state.global_step - self.start_step)
+            left = (now - self.start_time) / done * (state.max_steps - state.global_step)
+            where = f"{state.global_step}/{state.max_steps}"
+            timing = f"{speed:.1f} s/step, {time_left(left)} left"
+        else:
+            where, timing = f"{state.global_step}/?", f"{speed:.1f} s/step"
+        self.progress(f"[{self.label}] step {where} {' '.join(parts)} ({timing})")
 
 
 class ExportCallback(TrainerCallback):
