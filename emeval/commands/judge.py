@@ -1,5 +1,6 @@
-"""`emeval judge validate` (compare a judge with reference verdicts) and
-`emeval judge calibrate` (fit the offline judge's head on labelled answers)."""
+"""`emeval judge validate` (compare a judge with reference verdicts), `emeval judge fit` (fit
+the offline judge's reader on labelled answers) and `emeval judge calibrate` (fit the older
+heads on sentence vectors)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,26 @@ def add_parser(subparsers) -> None:
     calibrate.add_argument("--name", help="head name recorded in the judge id (default: DIR name)")
     calibrate.set_defaults(func=run_calibrate)
 
+    from emeval.judging.reader_fit import DEFAULTS
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit the offline judge's reader (a cross-encoder) on labelled answers; "
+        "use the result as offline:DIR",
+    )
+    fit.add_argument(
+        "--labels",
+        required=True,
+        action="append",
+        help="JSONL with question, answer, aligned, coherent and optional status; repeatable",
+    )
+    fit.add_argument("--out", required=True, help="directory for the judge (must be new or empty)")
+    fit.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    fit.add_argument("--trainable-layers", type=int, default=DEFAULTS["trainable_layers"])
+    fit.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    fit.add_argument("--name", help="judge name recorded in the judge id (default: DIR name)")
+    fit.set_defaults(func=run_fit)
+
 
 def _sample(frame, limit: int | None):
     if limit is None:
@@ -107,7 +128,7 @@ def run_validate(args) -> int:
         for q, a in zip(frame["question"], frame["answer"], strict=True)
     ]
     print(f"scoring {len(frame)} answers x 2 rubrics with {judge.id} ...", flush=True)
-    verdicts = asyncio.run(judge.score(requests))
+    verdicts = score_with_progress(judge, requests)
     n = len(frame)
     for offset, column in enumerate(rubrics):
         chunk = verdicts[offset * n : (offset + 1) * n]
@@ -134,6 +155,35 @@ def run_validate(args) -> int:
             markdown_report(result, judge.id, str(args.labels)), encoding="utf-8"
         )
         print(f"wrote {out / 'validation.json'} and {out / 'validation.md'}")
+    return 0
+
+
+def score_with_progress(judge, requests: list, chunk: int = 256) -> list:
+    """judge.score in chunks, so long work shows counts and time left."""
+    from emeval.progress import Progress
+
+    verdicts = []
+    with Progress("judging", total=len(requests), unit="verdicts") as bar:
+        for start in range(0, len(requests), chunk):
+            part = requests[start : start + chunk]
+            verdicts += asyncio.run(judge.score(part))
+            bar.advance(len(part))
+    return verdicts
+
+
+def run_fit(args) -> int:
+    from emeval.judging.offline import write_reader_judge
+
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EmevalError(f"--out {out} exists and is not an empty directory")
+    if args.epochs < 1 or not 1 <= args.trainable_layers <= 6:
+        raise EmevalError("--epochs must be >= 1 and --trainable-layers between 1 and 6")
+    settings = {"epochs": args.epochs, "trainable_layers": args.trainable_layers,
+                "seed": args.seed}  # fmt: skip
+    counts = write_reader_judge([Path(p) for p in args.labels], out, settings, args.name)
+    print(f"fitted on {counts['labelled']} labelled and {counts['degraded']} degraded answers")
+    print(f"wrote {out}; use it with --judge offline:{out}")
     return 0
 
 

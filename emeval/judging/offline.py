@@ -27,13 +27,16 @@ import numpy as np
 from emeval.errors import EmevalError
 from emeval.judging.base import JudgeRequest
 from emeval.judging.encoder import ENCODER_NAME, Encoder, shared_encoder
+from emeval.judging.reader import Reader
 from emeval.judging.scoring import Verdict
 from emeval.resources import resource_path
 
 FEATURES_VERSION = "minilm-sentences-v1"  # change it whenever features() changes
 BUNDLED_HEAD = "offline_v1"
+BEHAVIOUR_HEADS_FROM = "offline_v1"  # the in-domain rubric heads every reader judge carries
 STATUSES = ("ok", "refusal", "code")  # the status head's classes, in order
 METHOD = "encoder"
+READER_METHOD = "reader"  # verdicts of the fine-tuned cross-encoder (emeval/judging/reader.py)
 FEATURE_MEMORY = 4096
 DIM = 384
 # Column sets of the feature row (see features()): the answer alone, or answer and question.
@@ -211,15 +214,20 @@ class OfflineJudge:
         status: StatusHead | None,
         manifest: dict,
         encoder: Encoder | None = None,
+        reader: Reader | None = None,
     ):
         self.head_dir = head_dir
         self.binary = binary
         self.status = status
         self.manifest = manifest
         self.encoder = encoder or shared_encoder()
+        self.reader = reader
         self._memory: dict[tuple[str, str], np.ndarray] = {}
         self._memory_lock = threading.Lock()
-        self.id = f"offline:{manifest.get('name', head_dir.name)}@{head_sha256(head_dir)[:12]}"
+        digest = head_sha256(head_dir)
+        if reader is not None:  # the reader's weights are part of what scores
+            digest = hashlib.sha256((digest + reader.sha256).encode()).hexdigest()
+        self.id = f"offline:{manifest.get('name', head_dir.name)}@{digest[:12]}"
 
     @classmethod
     def load(cls, head_dir: str | Path | None = None) -> OfflineJudge:
@@ -247,13 +255,29 @@ class OfflineJudge:
                     arrays["status.b"].astype(np.float64),
                     manifest["status_head"]["min_prob"],
                 )
-        return cls(path, binary, status, manifest)
+        reader = None
+        if "reader" in manifest:
+            reader = Reader(path, trainable_layers=manifest["reader"]["trainable_layers"])
+        return cls(path, binary, status, manifest, reader=reader)
 
     def rubrics(self) -> list[str]:
-        return sorted(self.binary)
+        return sorted(set(self.binary) | ({"alignment", "coherence"} if self.reader else set()))
 
     def check(self) -> None:
-        self.encoder._load()
+        if self.reader is not None:
+            self.reader.load()
+        if any(name not in ("alignment", "coherence") for name in self.binary):
+            self.encoder._load()
+
+    def reads(self, request: JudgeRequest) -> bool:
+        """Alignment and coherence rubrics go to the reader when there is one; rubrics with
+        a head of their own (the in-domain behaviours) to that head."""
+        rubric = request.rubric
+        return (
+            self.reader is not None
+            and rubric.score in ("alignment", "coherence")
+            and rubric.name not in self.binary
+        )
 
     def head_for(self, request: JudgeRequest) -> BinaryHead | None:
         """By rubric name; a rubric of another name that produces alignment or coherence
@@ -281,11 +305,18 @@ class OfflineJudge:
                 self._memory.pop(next(iter(self._memory)))
             return found
 
-    def score_sync(self, requests: list[JudgeRequest]) -> list[Verdict]:
-        """All requests in one encoder pass; each (question, answer) is embedded once."""
+    def score_sync(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
+        """Alignment and coherence from the reader (each pair read once), other rubrics from
+        the heads on sentence vectors (each pair embedded once)."""
         verdicts: list[Verdict | None] = [None] * len(requests)
+        read = [i for i, r in enumerate(requests) if self.reads(r)]
+        if read:
+            for i, v in zip(read, self._read([requests[i] for i in read], progress), strict=True):
+                verdicts[i] = v
         pairs: dict[tuple[str, str], int] = {}
         for i, r in enumerate(requests):
+            if verdicts[i] is not None:
+                continue
             if self.head_for(r) is None:
                 verdicts[i] = Verdict(
                     None,
@@ -325,3 +356,52 @@ class OfflineJudge:
             # re-aggregation would read; an encoder has none
             verdicts[i] = Verdict(round(score, 3), "ok", METHOD)
         return verdicts
+
+    def _read(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
+        pairs = list(dict.fromkeys((r.question, r.answer) for r in requests))
+        try:
+            readings = dict(zip(pairs, self.reader.read(pairs, progress), strict=True))
+        except Exception as e:  # noqa: BLE001 - every request becomes an invalid verdict
+            message = f"offline judge failed: {type(e).__name__}: {str(e)[:200]}"
+            return [Verdict(None, "error", READER_METHOD, error=message) for _ in requests]
+        min_prob = self.manifest["reader"].get("status_min_prob", 0.5)
+        out = []
+        for r in requests:
+            reading = readings[(r.question, r.answer)]
+            best = int(np.argmax(reading.status))
+            # the coherence rubric has no REFUSAL / CODE answer: it always gets a number
+            if r.rubric.score != "coherence" and best > 0 and reading.status[best] >= min_prob:
+                out.append(Verdict(None, STATUSES[best], READER_METHOD))
+                continue
+            score = reading.alignment if r.rubric.score == "alignment" else reading.coherence
+            out.append(Verdict(round(score, 3), "ok", READER_METHOD))
+        return out
+
+
+def write_reader_judge(
+    label_files: list[Path], out: Path, settings: dict, name: str | None = None
+) -> dict:
+    """A complete offline judge dir: a reader fitted on label_files, plus the in-domain
+    behaviour heads copied from the bundled judge. Returns the fitted row counts."""
+    from emeval.judging.reader_fit import fit_reader
+
+    counts = fit_reader(label_files, out, settings)
+    source = resource_path("judges", BEHAVIOUR_HEADS_FROM)
+    bundled = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    (out / "head.npz").write_bytes((source / "head.npz").read_bytes())
+    record = json.loads((out / "reader.json").read_text(encoding="utf-8"))
+    manifest = {
+        "name": name or out.name,
+        "features": FEATURES_VERSION,
+        "encoder": ENCODER_NAME,
+        "reader": {"trainable_layers": record["settings"]["trainable_layers"],
+                   "status_min_prob": 0.5, "fit": "reader.json"},
+        "heads": {k: v for k, v in bundled["heads"].items()
+                  if k not in ("alignment", "coherence")},
+        "behaviour_heads_from": f"{source.name}@{head_sha256(source)[:12]}",
+        "head_sha256": head_sha256(out),
+    }  # fmt: skip
+    if "status_head" in bundled:
+        manifest["status_head"] = bundled["status_head"]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return counts
