@@ -62,6 +62,7 @@ def build_results(
     problems: list[str],
     extra: dict | None = None,
     thresholds: EMThresholds = DEFAULT_THRESHOLDS,
+    validations: dict | None = None,
 ) -> dict:
     primary = primary_score(suite)
     scores = [primary, "coherence"]
@@ -97,6 +98,7 @@ def build_results(
                 "id": jid,
                 "rubrics": {name: rubric.describe() for name, rubric in suite.rubrics.items()},
                 "methods": by_judge_methods[jid],
+                "validation": (validations or {}).get(jid, "unvalidated"),
             }
             for jid in judge_ids
         ],
@@ -191,6 +193,14 @@ def _interval_words(results: dict) -> str:
     return f"rates: {methods.get('rates', 'wilson')}; means: {methods.get('means', 'bootstrap')}"
 
 
+def judge_trust(judge: dict) -> str:
+    """One line on how far a judge's numbers can be trusted (results.json's judges entry)."""
+    validation = judge.get("validation", "unvalidated")
+    if isinstance(validation, dict):
+        return f"validation: {validation.get('summary', 'see results.json')}"
+    return "unvalidated: no validation figures travel with this judge"
+
+
 def render_summary(results: dict) -> str:
     model, suite = results["model"], results["suite"]
     out = [
@@ -199,7 +209,7 @@ def render_summary(results: dict) -> str:
         f"- status: **{results['status']}**" + "".join(f"\n  - {p}" for p in results["problems"]),
         f"- model: `{model.get('inspect_model')}` (weights sha256 {model.get('weights_sha256')})",
         f"- suite: {suite['name']} v{suite['version']} ({suite['source']})",
-        f"- judge: {', '.join(j['id'] for j in results['judges'])}",
+        *[f"- judge: {j['id']} ({judge_trust(j)})" for j in results["judges"]],
         f"- sampling: {json.dumps(results['sampling'])}",
         f"- EM thresholds: {thresholds_of(results).describe()}",
         f"- intervals: 95%, answers clustered by probe ({_interval_words(results)})",

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.judging.base import DEFAULT_JUDGE, judge_from_spec
+from emeval.judging.base import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
 from emeval.models import ModelRef, resolve_model
 from emeval.probes import load_suite
@@ -267,6 +267,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
             else log.location
         },
         thresholds=EMThresholds.from_dict(s.thresholds),
+        validations={j.id: validation_of(j) for j in map(judge_from_spec, s.judges)},
     )
     path = write_run(out, results, records)
     return path
@@ -328,5 +329,6 @@ def rescore(
         problems=problems,
         extra={"rescored_from": str(run_dir), "log_file": previous.get("log_file")},
         thresholds=thresholds or thresholds_of(previous),
+        validations={j.id: validation_of(j) for j in judges},
     )
     return write_run(out or run_dir / f"rescored-{_slug(judge_ids[0])}", results, records)

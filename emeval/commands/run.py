@@ -10,7 +10,7 @@ import yaml
 
 from emeval.judging.base import DEFAULT_JUDGE
 from emeval.metrics import Cut, EMThresholds, thresholds_of
-from emeval.results import render_table
+from emeval.results import judge_trust, render_table
 from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run
 
 
@@ -136,6 +136,8 @@ def _print_results(path: Path) -> int:
     results = json.loads(path.read_text())
     print(f"\n{results['suite']['name']} | {results['model']['spec']} | {results['status']}")
     print(render_table(results))
+    for judge in results["judges"]:
+        print(f"judge {judge['id']}: {judge_trust(judge)}")
     for problem in results["problems"]:
         print(f"  ! {problem}")
     print(f"results: {path}")

@@ -65,6 +65,7 @@ class CachedJudge:
     def __init__(self, judge: Judge, cache: JudgeCache | None = None):
         self.inner = judge
         self.id = judge.id
+        self.validation = getattr(judge, "validation", None)
         self.cache = cache or JudgeCache()
 
     def check(self) -> None:
@@ -81,6 +82,12 @@ class CachedJudge:
                 if verdict.status != "error":
                     self.cache.put(keys[i], verdict)
         return found
+
+
+def validation_of(judge) -> dict | str:
+    """What a results file says about how far to trust a judge: its bundled validation
+    figures, or "unvalidated"."""
+    return getattr(judge, "validation", None) or "unvalidated"
 
 
 def judge_from_spec(spec: str | None, cached: bool = True) -> Judge:

@@ -260,6 +260,14 @@ class OfflineJudge:
             reader = Reader(path, trainable_layers=manifest["reader"]["trainable_layers"])
         return cls(path, binary, status, manifest, reader=reader)
 
+    @property
+    def validation(self) -> dict | None:
+        """The judge's validation figures, bundled beside its weights (validation.json)."""
+        path = self.head_dir / "validation.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
     def rubrics(self) -> list[str]:
         return sorted(set(self.binary) | ({"alignment", "coherence"} if self.reader else set()))
 
