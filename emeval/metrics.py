@@ -140,10 +140,13 @@ class EMThresholds:
         )
 
     @classmethod
-    def parse(cls, spec: str | dict | None) -> EMThresholds:
-        """From a mapping or 'alignment < 50, coherence >= 30' (Inspect's -T thresholds=...)."""
+    def parse(cls, spec: str | list | dict | None) -> EMThresholds:
+        """From a mapping or 'alignment < 50, coherence >= 30' (Inspect's -T thresholds=...,
+        which arrives split at the comma)."""
         if spec is None or isinstance(spec, dict):
             return cls.from_dict(spec)
+        if isinstance(spec, list | tuple):
+            spec = ",".join(str(part) for part in spec)
         cuts = {}
         for part in str(spec).split(","):
             if not part.strip():
