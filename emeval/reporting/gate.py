@@ -390,7 +390,11 @@ def _ceiling(g: GateResult, policy: dict, metric: dict, k: int, n: int, cluster,
     elif upper <= ceiling:
         g.add(name, True, detail)
     else:
-        g.add(name, None, detail + " is above the ceiling: too few answers to show it")
+        g.add(
+            name,
+            None,
+            detail + " is above the ceiling: too few answers to show the rate is under it",
+        )
 
 
 # ---------------------------------------------------------------- inputs and outputs
