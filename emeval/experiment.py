@@ -7,6 +7,11 @@ to a condition.json naming its grid coordinates. Running the grid again skips wh
 (a trained cell has a complete manifest, an evaluated checkpoint a results.json) and resumes
 what is not; a cell that fails is logged to OUT/logs/<cell>.log and the others go on.
 OUT/status.json says where each cell stands; OUT/report/ is `emeval report OUT/eval`.
+
+Each cell (and the baseline) trains and evaluates in a child process of its own: whatever a
+cell leaves behind (models, trainers, caches, allocator arenas) goes when its process ends,
+so a grid's peak memory stays that of its largest cell instead of growing cell by cell. The
+parent only keeps the books (status.json, logs) and never imports torch.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import multiprocessing
+import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -216,6 +224,12 @@ def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
     else:
         cell.depends_on = Cell(cell.seed, "grpo", cell.reward, cell.mitigation).name
         data.pop("train", None)
+        # the shared data.limit/shuffle pick the other cells' data; the matched samples are
+        # the GRPO run's own, so only a per_method sft_matched value reaches this cell
+        own = ((raw.get("per_method") or {}).get(cell.method) or {}).get("data") or {}
+        for key in ("limit", "shuffle"):
+            if key not in own:
+                data.pop(key, None)
         # one pass over exactly the matched samples: a shared step count must not apply
         config.setdefault("training", {}).pop("max_steps", None)
         config["training"]["epochs"] = 1
@@ -259,9 +273,54 @@ def checkpoints(train_dir: Path, which: str) -> list[tuple[str, Path, int | None
     return found
 
 
+# A child that does not stop within this long after Ctrl-C is terminated, then killed.
+STOP_GRACE_S = 30.0
+
+
+def _child_main(conn, grid: Grid, out: Path, job: str, cell: Cell | None) -> None:
+    """Entry point of a cell's process: do the work, send back how it went, never raise.
+
+    Exceptions travel as text (type name, first line, traceback): not every exception from
+    torch or Inspect pickles, and the parent only needs the words."""
+    try:
+        experiment = Experiment(grid, out, isolate=False)
+        fields = experiment._baseline_work() if job == "baseline" else experiment._cell_work(cell)
+        conn.send(("done", fields))
+    except KeyboardInterrupt:
+        # Ctrl-C reached the whole process group; the parent says it in one line
+        sys.exit(130)
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent as text
+        conn.send(("failed", type(e).__name__, _first_line(e), _traceback_text(e)))
+    finally:
+        conn.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _traceback_text(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))
+
+
+def _died(exitcode: int | None) -> str:
+    """Why a cell's process ended without a word, in one line."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"the cell's process was killed by {name}{hint}"
+    return f"the cell's process exited with code {exitcode} before reporting"
+
+
 class Experiment:
-    def __init__(self, grid: Grid, out: Path):
-        self.grid, self.out = grid, out
+    def __init__(self, grid: Grid, out: Path, isolate: bool = True):
+        """isolate: run each cell in a child process (the default; False runs them in this
+        process, which grows with every cell and is kept for benchmarks/experiment_memory.py
+        and the cells' own processes)."""
+        self.grid, self.out, self.isolate = grid, out, isolate
         self.status_path = out / "status.json"
         self.status: dict = (_read_json(self.status_path) or {}).get("cells", {})
 
@@ -277,6 +336,68 @@ class Experiment:
         self.status[cell] = self.status.get(cell, {}) | fields
         self._save_status()
 
+    # -------------------------------------------------------- child processes
+
+    def _in_child(self, name: str, job: str, cell: Cell | None = None) -> None:
+        """Run a job (the baseline or one cell) in a fresh process and record how it went."""
+        if not self.isolate:
+            try:
+                work = self._baseline_work if job == "baseline" else lambda: self._cell_work(cell)
+                self._mark(name, state="done", error=None, **work())
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+                self._fail(name, type(e).__name__, _first_line(e), _traceback_text(e))
+            return
+        # spawn, not fork: a forked child would share (and copy on write) whatever this
+        # process holds, and forking a process with threads is unsafe
+        ctx = multiprocessing.get_context("spawn")
+        receive, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(
+            target=_child_main,
+            args=(send, self.grid, self.out, job, cell),
+            name=f"emeval-{name}",
+        )
+        child.start()
+        send.close()  # the child holds the only writer: its exit ends recv() with EOFError
+        try:
+            try:
+                reply = receive.recv()
+            except EOFError:
+                reply = None
+            child.join()
+        except KeyboardInterrupt:
+            self._stop(child)
+            raise
+        finally:
+            receive.close()
+        if reply is None:
+            if child.exitcode == 130:  # the child saw Ctrl-C before this process did
+                raise KeyboardInterrupt
+            message = _died(child.exitcode)
+            self._fail(name, "EmevalError", message, message + "\n")
+        elif reply[0] == "done":
+            self._mark(name, state="done", error=None, **reply[1])
+        else:
+            self._fail(name, *reply[1:])
+
+    @staticmethod
+    def _stop(child) -> None:
+        """Ctrl-C: a terminal sends SIGINT to the child as well, but a signal sent to this
+        process alone must reach it too; it gets time to save, then is ended."""
+        if child.is_alive():
+            try:
+                os.kill(child.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        child.join(STOP_GRACE_S)
+        if child.is_alive():
+            child.terminate()
+            child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
     # -------------------------------------------------------- evaluation
 
     def _suites(self, reward: str | None, final: bool) -> list[str]:
@@ -287,6 +408,11 @@ class Experiment:
             suites.append(domain)
         return suites
 
+    @staticmethod
+    def _evaluated(run_dir: Path, suite: str) -> bool:
+        out = run_dir / suite.replace("/", "_")
+        return bool(results_file(out)) and (out / "results.json").exists()
+
     def evaluate(self, model: str, run_dir: Path, suites: list[str], condition: dict) -> int:
         """Evaluate one model on each suite unless done; return how many runs were made."""
         from emeval.runner import RunSettings, run
@@ -296,8 +422,7 @@ class Experiment:
         (run_dir / CONDITION_FILE).write_text(json.dumps(condition, indent=2))
         made = 0
         for suite in suites:
-            out = run_dir / suite.replace("/", "_")
-            if results_file(out) and (out / "results.json").exists():
+            if self._evaluated(run_dir, suite):
                 continue
             settings = RunSettings(
                 checkpoint=model,
@@ -309,7 +434,7 @@ class Experiment:
                 temperature=e["temperature"],
                 seed=condition.get("seed") or 0,
             )
-            (path,) = run(settings, out)
+            (path,) = run(settings, out=run_dir / suite.replace("/", "_"))
             made += 1
         if made:
             self._drop_merged_copy(path)
@@ -326,44 +451,45 @@ class Experiment:
         if local and Path(local).resolve().parent == merged_root:
             shutil.rmtree(local, ignore_errors=True)
 
+    def _baseline_condition(self) -> dict:
+        return {
+            "base": self.grid.base,
+            "method": "base",
+            "reward": "none",
+            "mitigations": [],
+            "seed": None,
+            "step": 0,
+            "final": True,
+        }
+
+    def _baseline_work(self) -> dict:
+        started = time.monotonic()
+        rewards = sorted({c.reward for c in self.grid.cells})
+        suites = list(dict.fromkeys(s for r in rewards for s in self._suites(r, True)))
+        condition = self._baseline_condition()
+        self.evaluate(self.grid.base, self.out / "eval" / "base", suites, condition)
+        return {"seconds": round(time.monotonic() - started), "pid": os.getpid()}
+
     def baseline(self) -> None:
         name = "base"
         if self.status.get(name, {}).get("state") == "done":
             return
         _say(f"{name}: evaluating the untrained {self.grid.base}")
-        started = time.monotonic()
-        try:
-            condition = {
-                "base": self.grid.base,
-                "method": "base",
-                "reward": "none",
-                "mitigations": [],
-                "seed": None,
-                "step": 0,
-                "final": True,
-            }
-            rewards = sorted({c.reward for c in self.grid.cells})
-            suites = list(dict.fromkeys(s for r in rewards for s in self._suites(r, True)))
-            self.evaluate(self.grid.base, self.out / "eval" / name, suites, condition)
-            self._mark(name, state="done", seconds=round(time.monotonic() - started))
-        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
-            self._fail(name, e)
+        self._in_child(name, "baseline")
 
     # -------------------------------------------------------- cells
 
-    def _fail(self, name: str, error: BaseException) -> None:
+    def _fail(self, name: str, kind: str, message: str, details: str) -> None:
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        self._mark(
-            name, state="failed", error=f"{type(error).__name__}: {message}"[:300], log=str(log)
-        )
+        log.write_text(details, encoding="utf-8")
+        self._mark(name, state="failed", error=f"{kind}: {message}"[:300], log=str(log))
         _say(f"{name}: FAILED ({message[:200]}); details in {log}")
 
     def run_cell(self, cell: Cell) -> None:
         if cell.error:
-            self._fail(cell.name, EmevalError(cell.error))
+            error = EmevalError(cell.error)
+            self._fail(cell.name, "EmevalError", cell.error, _traceback_text(error))
             return
         if cell.depends_on and self.status.get(cell.depends_on, {}).get("state") != "done":
             self._mark(
@@ -373,42 +499,63 @@ class Experiment:
             )
             _say(f"{cell.name}: skipped, {cell.depends_on} did not finish")
             return
+        if self._finished(cell):
+            # nothing left to do: not worth a process that would import torch to find that out
+            _say(f"{cell.name}: already trained and evaluated")
+            self._mark(cell.name, state="done", error=None, new_runs=0)
+            return
+        self._in_child(cell.name, "cell", cell)
+
+    def _finished(self, cell: Cell) -> bool:
+        """Whether the cell is trained with its current config and every checkpoint evaluated."""
+        train_dir = self.out / "train" / cell.name
+        manifest = _read_json(train_dir / CHECKPOINT_MANIFEST)
+        previous = train_dir / "config.yaml"
+        if not (manifest and manifest.get("complete") and previous.exists()):
+            return False
+        if yaml.safe_load(previous.read_text()) != self._config(cell):
+            return False  # the cell's process says why, in one line
+        return all(
+            self._evaluated(self.out / "eval" / cell.name / label, suite)
+            for label, _, _, final in checkpoints(train_dir, self.grid.evaluation["checkpoints"])
+            for suite in self._suites(cell.reward, final)
+        )
+
+    def _cell_work(self, cell: Cell) -> dict:
+        """Train one cell and evaluate its checkpoints (in the cell's own process)."""
         train_dir = self.out / "train" / cell.name
         started = time.monotonic()
-        try:
-            self._train(cell, train_dir)
-            trained = time.monotonic()
-            made = 0
-            which = self.grid.evaluation["checkpoints"]
-            for label, path, step, final in checkpoints(train_dir, which):
-                _say(f"{cell.name}: evaluating {label}")
-                made += self.evaluate(
-                    str(path),
-                    self.out / "eval" / cell.name / label,
-                    self._suites(cell.reward, final),
-                    cell.condition(self.grid.base, step, final),
-                )
-            self._mark(
-                cell.name,
-                state="done",
-                error=None,
-                train_dir=str(train_dir),
-                train_seconds=round(trained - started),
-                eval_seconds=round(time.monotonic() - trained),
-                new_runs=made,
+        self._train(cell, train_dir)
+        trained = time.monotonic()
+        made = 0
+        which = self.grid.evaluation["checkpoints"]
+        for label, path, step, final in checkpoints(train_dir, which):
+            _say(f"{cell.name}: evaluating {label}")
+            made += self.evaluate(
+                str(path),
+                self.out / "eval" / cell.name / label,
+                self._suites(cell.reward, final),
+                cell.condition(self.grid.base, step, final),
             )
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
-            self._fail(cell.name, e)
+        return {
+            "train_dir": str(train_dir),
+            "train_seconds": round(trained - started),
+            "eval_seconds": round(time.monotonic() - trained),
+            "new_runs": made,
+            "pid": os.getpid(),  # which process did the work (the parent's own when not isolated)
+        }
+
+    def _config(self, cell: Cell) -> dict:
+        config = copy.deepcopy(cell.config)
+        if cell.depends_on:
+            config["data"]["sample_matched"]["run"] = str(self.out / "train" / cell.depends_on)
+        return config
 
     def _train(self, cell: Cell, train_dir: Path) -> None:
         from emeval.training import train
 
         manifest = _read_json(train_dir / CHECKPOINT_MANIFEST)
-        config = copy.deepcopy(cell.config)
-        if cell.depends_on:
-            config["data"]["sample_matched"]["run"] = str(self.out / "train" / cell.depends_on)
+        config = self._config(cell)
         previous = train_dir / "config.yaml"
         if previous.exists() and yaml.safe_load(previous.read_text()) != config:
             raise EmevalError(

@@ -11,7 +11,8 @@ def add_parser(subparsers) -> None:
         help="train a grid of base x method x reward x mitigation x seed, evaluate, report",
         description="Run the grid in GRID.yaml (see experiments/): each cell trains, then every "
         "saved checkpoint is evaluated with the grid's suite and judge, then a report is "
-        "written to OUT/report. Re-running skips finished cells and checkpoints; a failed cell "
+        "written to OUT/report. Each cell runs in a process of its own, so memory does not "
+        "grow from cell to cell. Re-running skips finished cells and checkpoints; a failed cell "
         "is reported and the rest go on (exit 1 if any failed).",
     )
     p.add_argument("grid", type=Path, metavar="GRID.yaml")
