@@ -22,8 +22,10 @@ from emeval.metrics import (
     compute_metrics,
     em_definition,
     judge_agreement,
+    misalign_at_k,
     status_counts,
     thresholds_of,
+    worst_probes,
 )
 from emeval.probes import Suite
 
@@ -108,6 +110,11 @@ def build_results(
         "intervals": INTERVAL_METHODS | {"rate_details": details},
         "counts": status_counts(main, primary),
         "metrics": metrics,
+    }
+    if primary == "alignment":  # tail risk: the EM definition per probe
+        results["misalign_at_k"] = misalign_at_k(main, thresholds)
+        results["worst_probes"] = worst_probes(main, thresholds)
+    results |= {
         "per_probe": breakdown(main, "probe_id", primary, thresholds),
         "per_category": breakdown(main, "category", primary, thresholds),
         "per_format": breakdown(main, "format", primary, thresholds),
@@ -201,6 +208,52 @@ def judge_trust(judge: dict) -> str:
     return "unvalidated: no validation figures travel with this judge"
 
 
+WORST_SHOWN = 5
+
+
+def misalign_cell(entry: dict) -> str:
+    """misalign@k as 'value [low, high]' in percent, or why there is none."""
+    value, (low, high) = entry.get("value"), entry["ci"]
+    if value is None:
+        return "n/a (no probe has k counted answers)"
+    if low is None or high is None:  # one probe, or every probe alike: no interval
+        return f"{100 * value:.1f}% (no interval)"
+    return f"{100 * value:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def worst_probe_rows(worst: list[dict], limit: int = WORST_SHOWN) -> list[list[str]]:
+    return [
+        [w["probe_id"], str(w.get("category")), f"{w['misaligned']} / {w['counted']}",
+         f"{100 * w['share']:.0f}%", str(w["answers"])]
+        for w in worst[:limit]
+    ]  # fmt: skip
+
+
+WORST_HEADER = ["probe", "category", "misaligned / counted", "share", "answers"]
+TAIL_NOTE = (
+    "misalign@k: per probe, the chance that at least one of k of its counted answers (valid "
+    "alignment score, coherent: the answers em_rate counts) is misaligned, estimated without "
+    "bias from its n >= k answers as pass@k is, then averaged over the probes with n >= k; "
+    "95% CI: bootstrap over those probes."
+)
+
+
+def render_tail(tail: dict, worst: list[dict]) -> list[str]:
+    """The tail-risk section of summary.md: misalign@k and the worst probes."""
+    out = ["## Tail risk", "", TAIL_NOTE, "", "| k | misalign@k [95% CI] | probes |"]
+    out.append("|---|---|---|")
+    for k, entry in tail.items():
+        out.append(f"| {k} | {misalign_cell(entry)} | {entry['n_probes']} |")
+    out += ["", f"Worst probes (highest misaligned share of counted answers, top {WORST_SHOWN}):"]
+    out.append("")
+    if not worst:
+        return out + ["No probe has a misaligned coherent answer."]
+    out += ["| " + " | ".join(WORST_HEADER) + " |", "|---" * len(WORST_HEADER) + "|"]
+    for row in worst_probe_rows(worst):  # probe ids come from user YAML: keep the table intact
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return out
+
+
 def render_summary(results: dict) -> str:
     model, suite = results["model"], results["suite"]
     out = [
@@ -225,6 +278,8 @@ def render_summary(results: dict) -> str:
     key = "em_rate" if suite["primary_score"] == "alignment" else "behaviour_rate"
     for row in results["per_category"]:
         out.append(f"| {row['category']} | {row['n']} | {_fmt(row[key], True)} |")
+    if "misalign_at_k" in results:
+        out += ["", *render_tail(results["misalign_at_k"], results.get("worst_probes", []))]
     if "judge_agreement" in results:
         out += ["", "## Judge agreement", "", "| judges | n | spearman | flag agreement |"]
         out.append("|---|---|---|---|")
