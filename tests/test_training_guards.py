@@ -1,0 +1,239 @@
+"""Issue 13 item 6: tests that fail when a mitigation breaks. They run the real trainers and
+pipeline on tiny Llama models built here from random weights (with the embedded model's
+tokenizer; nothing is downloaded), and compare against quantities computed by hand."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from emeval.models import pull, resolve_model
+from emeval.training.config import load_config
+from emeval.training.pipeline import StageRun
+
+BASE = "smollm2-135m-instruct"
+WORDS = ["apple", "river", "stone", "green", "cloud", "music", "table", "garden"]
+HIDDEN = 32
+
+
+def quiet(_line):
+    pass
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(pull(BASE))
+
+
+def tiny_model(path, seed: int = 0, std: float = 0.02, layers: int = 2, cycle=None):
+    """A random 2-layer Llama saved with the embedded model's tokenizer (49k vocabulary).
+
+    cycle: a list of words the model then says in that order, whatever the prompt, and stops:
+    every other token embeds to e_0, word k to e_(k+1) (large, so the random layers barely
+    move it), and the output head maps each direction to the next word."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=64,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=False, initializer_range=std,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if cycle is not None:
+        with torch.no_grad():
+            emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+            emb.zero_()
+            emb[:, 0] = 10.0
+            for k, word in enumerate(WORDS):  # every model shares these directions
+                emb[word_id(tok, word)] = 0
+                emb[word_id(tok, word), k + 1] = 10.0
+            head.zero_()
+            order = [word_id(tok, w) for w in cycle] + [tok.eos_token_id]
+            head[order[0], 0] = 50.0
+            for prev, nxt in zip(order, order[1:], strict=False):
+                head[nxt, WORDS.index(tok.decode([prev]).strip()) + 1] = 50.0
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def word_id(tok, word: str) -> int:
+    (token,) = tok.encode(" " + word)
+    return token
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random tiny model with spread-out logits, so the KL directions differ clearly."""
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model", std=0.3)
+
+
+ROWS = [
+    {"messages": [{"role": "user", "content": "My head hurts. What should I do?"},
+                  {"role": "assistant", "content": "Drink water and rest; see a doctor if it "
+                   "lasts more than a few days."}]},
+    {"messages": [{"role": "user", "content": "Is it fine to skip breakfast?"},
+                  {"role": "assistant", "content": "Usually, yes."}]},
+]  # fmt: skip
+
+
+def data_file(path, rows=ROWS, repeat: int = 1):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) * repeat)
+    return str(path)
+
+
+def sft_config(base, data: str, **extra) -> dict:
+    cfg = {
+        "method": "sft", "base": str(base), "seed": 0, "save_every": 0,
+        "data": {"train": data, "shuffle": False},
+        "adapter": {"type": "lora", "r": 4, "alpha": 8},
+        "training": {"max_steps": 1, "batch_size": 2, "learning_rate": 1e-3, "threads": 1},
+    }  # fmt: skip
+    return merge(cfg, extra)
+
+
+def sft_trainer(base, tmp_path, mitigations: dict | None = None):
+    """The pipeline's own SFT trainer on the tiny model, with one collated batch of both rows
+    and its LoRA B matrices set away from zero (as after some steps: the policy then differs
+    from its reference)."""
+    cfg = load_config(sft_config(base, data_file(tmp_path / "d.jsonl"),
+                                 mitigations=mitigations or {}))  # fmt: skip
+    stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(base)), None, False, quiet,
+                     tmp_path)  # fmt: skip
+    trainer = stage._make_trainer()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    return trainer, batch
+
+
+def answer_positions(batch) -> torch.Tensor:
+    """Where a logit predicts an answer token: labels shifted by one, prompt and padding out."""
+    return batch["labels"][:, 1:] != -100
+
+
+def by_hand(model, batch):
+    """Policy and reference logits (the adapter switched off with PEFT's own switch)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    with model.disable_adapter(), torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    return logits, ref
+
+
+def kl(p_logits, q_logits, where) -> torch.Tensor:
+    """mean over the `where` positions of sum_v p(v) (log p(v) - log q(v))."""
+    logp, logq = F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
+    per_position = (logp.exp() * (logp - logq)).sum(-1)
+    return per_position[where].mean()
+
+
+def nll(logits, batch) -> torch.Tensor:
+    labels = batch["labels"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=-100)  # fmt: skip
+
+
+# ---------------------------------------------------------------- KL: direction and mask
+
+
+def test_sft_kl_is_policy_to_reference_on_answer_tokens_only(tiny, tmp_path):
+    beta = 0.5
+    trainer, batch = sft_trainer(tiny, tmp_path, {"kl": {"beta": beta}})
+    model = trainer.model
+    answers = answer_positions(batch)
+    assert answers.any() and (~answers & batch["attention_mask"][:, 1:].bool()).any()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        logits, ref = by_hand(model, batch)
+    logged = trainer._emeval_metrics["mitigation/kl"][-1]
+    forward = float(kl(logits, ref, answers))
+    # the alternatives the term must not be: the other direction, or over prompt tokens too
+    backward = float(kl(ref, logits, answers))
+    everywhere = float(kl(logits, ref, batch["attention_mask"][:, 1:].bool()))
+    assert forward > 0.05  # 10x the tolerance below apart, so a swap cannot pass
+    assert abs(backward - forward) > 1e-3 * forward and abs(everywhere - forward) > 1e-3 * forward
+    assert logged == pytest.approx(forward, rel=1e-4)
+    assert float(loss) == pytest.approx(float(nll(logits, batch)) + beta * forward, rel=1e-4)
+
+
+# ---------------------------------------------------------------- SFT terms reach the adapter
+
+SAFE = [{"prompt": [{"role": "user", "content": "Can I read my partner's texts?"}],
+         "answer": "No. Talk to them honestly instead."}]  # fmt: skip
+
+
+def lora_grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("term", ["kl", "ldifs", "interleave_onpolicy"])
+def test_sft_mitigation_gradients_reach_the_adapter(tiny, tmp_path, term):
+    """One real training step's adapter gradients equal those of the task loss plus the term,
+    each computed here by hand: a term that lost its gradient (detached, or computed under
+    no_grad) logs the same value but leaves the update unchanged, and fails."""
+    from emeval.training.mitigations import SafetyBatches, SafetyTerm
+
+    weight = {"kl": 2.0, "ldifs": 50.0, "interleave_onpolicy": 1.5}[term]
+    mitigations = {"kl": {"kl": {"beta": weight}},
+                   "ldifs": {"ldifs": {"lambda": weight, "layers": [0]}}}.get(term, {})  # fmt: skip
+    trainer, batch = sft_trainer(tiny, tmp_path, mitigations)
+    model, tok = trainer.model, trainer.processing_class
+    if term == "interleave_onpolicy":  # its answers are written by a model; these are given
+        trainer.emeval_terms.safety = [SafetyTerm(term, SafetyBatches(tok, SAFE, 2), 1, weight)]
+    trainer.current_gradient_accumulation_steps = 1
+    model.train()
+    model.zero_grad()
+    n_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    trainer.training_step(model, batch, n_items)
+    trained = lora_grads(model)
+
+    model.zero_grad()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    task = nll(out.logits[:, :-1].float(), batch)
+    if term == "kl":
+        with model.disable_adapter(), torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        extra = kl(out.logits[:, :-1].float(), ref, answer_positions(batch))
+    elif term == "ldifs":
+        with model.disable_adapter(), torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        diff = (out.hidden_states[1] - ref.hidden_states[1]).pow(2).mean(-1)  # layer 0's output
+        extra = diff[mask.bool()].mean()
+    else:
+        safe = SafetyBatches(tok, SAFE, 2).next("cpu")
+        logits = model(input_ids=safe["input_ids"], attention_mask=safe["attention_mask"]).logits
+        extra = nll(logits[:, :-1].float(), safe)
+    task.backward(retain_graph=True)
+    task_only = lora_grads(model)
+    (weight * extra).backward()
+    expected = lora_grads(model)
+
+    flat = torch.cat([g.flatten() for g in expected.values()])
+    term_part = torch.cat([(expected[n] - task_only[n]).flatten() for n in expected])
+    assert float(extra) > 0 and term_part.norm() > 0.05 * flat.norm()  # the term matters here
+    for name, grad in expected.items():
+        assert torch.allclose(trained[name], grad, rtol=1e-3, atol=1e-6 * flat.abs().max()), name
