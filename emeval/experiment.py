@@ -273,7 +273,9 @@ def checkpoints(train_dir: Path, which: str) -> list[tuple[str, Path, int | None
     return found
 
 
-# A child that does not stop within this long after Ctrl-C is terminated, then killed.
+# Ctrl-C: a child still running this long after the parent saw it is sent SIGINT itself (the
+# signal went to the parent alone), and one still running STOP_GRACE_S later is terminated.
+FORWARD_AFTER_S = 10.0
 STOP_GRACE_S = 30.0
 
 
@@ -383,14 +385,17 @@ class Experiment:
 
     @staticmethod
     def _stop(child) -> None:
-        """Ctrl-C: a terminal sends SIGINT to the child as well, but a signal sent to this
-        process alone must reach it too; it gets time to save, then is ended."""
+        """Ctrl-C. A terminal sends SIGINT to the whole process group, the child included,
+        which then saves what it has and exits: a second SIGINT could cut that short, so it
+        is forwarded only when the child is still running a while later (the signal was sent
+        to this process alone). Whatever still runs after that is ended."""
+        child.join(FORWARD_AFTER_S)
         if child.is_alive():
             try:
                 os.kill(child.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
-        child.join(STOP_GRACE_S)
+            child.join(STOP_GRACE_S)
         if child.is_alive():
             child.terminate()
             child.join(5)

@@ -189,11 +189,20 @@ def test_a_failure_in_a_cells_process_is_one_line_and_the_grid_goes_on(tmp_path,
     assert "Traceback" in log and "unknown judge" in log  # the details, from the child
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path):
-    """Ctrl-C (SIGINT to the terminal's process group) while the baseline is generating in its
-    own process: one line, exit 130, no process left; the rerun keeps the finished answer."""
-    from inspect_ai.log import list_eval_logs, read_eval_log, read_eval_log_sample_summaries
+def test_a_cell_process_that_dies_is_named_in_one_line():
+    from emeval.experiment import _died
+
+    assert _died(-signal.SIGKILL) == "the cell's process was killed by SIGKILL (out of memory?)"
+    assert _died(-signal.SIGSEGV) == "the cell's process was killed by SIGSEGV"
+    assert _died(3) == "the cell's process exited with code 3 before reporting"
+
+
+def _held_grid(tmp_path: Path):
+    """Start a grid whose baseline evaluation (in its own process) generates one answer and
+    then holds the rest (EMEVAL_TEST_HOLD) until a file appears that never does: a signal
+    sent then lands with work certainly left, however slow the machine. Returns the command,
+    the running parent, its children and the baseline's Inspect log dir."""
+    from inspect_ai.log import list_eval_logs, read_eval_log_sample_summaries
 
     grid = write_grid(
         tmp_path / "g.yaml",
@@ -208,16 +217,13 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path):
     )  # fmt: skip
     out = tmp_path / "out"
     command = [sys.executable, "-m", "emeval.cli", "experiment", str(grid), "--out", str(out)]
-    # the evaluation generates one answer, then holds the rest until this file exists (never):
-    # the signal lands with work certainly left, however slow the machine
-    release = tmp_path / "never-created"
     proc = subprocess.Popen(
         command,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{release}"},
+        env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{tmp_path / 'never-created'}"},
         start_new_session=True,  # its own process group, as a terminal gives a command
     )
     logs_dir = out / "eval" / "base" / "general" / "logs"
@@ -235,7 +241,27 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path):
         int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     ]
     assert children, "the evaluation should run in a child process"
-    os.killpg(proc.pid, signal.SIGINT)
+    return command, proc, children, logs_dir
+
+
+def _status(out: Path) -> dict:
+    path = out / "status.json"
+    return json.loads(path.read_text())["cells"] if path.exists() else {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path, to):
+    """Ctrl-C while the baseline is generating in its own process: one line, exit 130, no
+    process left, the finished answer kept; the rerun resumes from it. A terminal signals the
+    whole process group; a signal sent to the parent alone reaches the child too."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    command, proc, children, logs_dir = _held_grid(tmp_path)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == (
@@ -243,12 +269,8 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path):
     )
     assert "Traceback" not in err
     assert not any(_alive(pid) for pid in children)
-    status = (
-        json.loads((out / "status.json").read_text())["cells"]
-        if (out / "status.json").exists()
-        else {}
-    )
-    assert status.get("base", {}).get("state") != "done"
+    out = tmp_path / "out"
+    assert _status(out).get("base", {}).get("state") != "done"
     first_log = read_eval_log(list_eval_logs(str(logs_dir))[0])
     kept = {
         (s.id, s.epoch): s.output.completion
@@ -256,13 +278,34 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path):
         if s.scores and not s.error
     }
     assert len(kept) == 1
+    if to == "parent":
+        return  # resuming is the same either way
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 1, rerun.stderr[-2000:]  # the broken cell, as before
     assert "resuming" in rerun.stdout + rerun.stderr
-    assert json.loads((out / "status.json").read_text())["cells"]["base"]["state"] == "done"
+    assert _status(out)["base"]["state"] == "done"
     samples = (out / "eval" / "base" / "general" / "samples.jsonl").read_text().splitlines()
     answers = {(s["sample_id"], s["epoch"]): s["answer"] for s in map(json.loads, samples)}
     assert len(answers) == 3
     for key, answer in kept.items():
         assert answers[key] == answer  # the finished answer was not generated again
+
+
+@pytest.mark.slow
+def test_a_killed_cell_process_fails_that_cell_and_the_grid_goes_on(tmp_path):
+    """The kernel's out-of-memory killer ends a cell's process with SIGKILL: the cell fails in
+    one line, the parent lives on to the next cell."""
+    _, proc, children, _ = _held_grid(tmp_path)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    assert "base: FAILED (the cell's process was killed by SIGKILL (out of memory?))" in err
+    assert "Traceback" not in err
+    status = _status(tmp_path / "out")
+    assert status["base"] == status["base"] | {
+        "state": "failed",
+        "error": "EmevalError: the cell's process was killed by SIGKILL (out of memory?)",
+    }
+    assert status["sft-aesthetic_unpopular-broken-s0"]["state"] == "failed"  # the next cell
