@@ -56,8 +56,10 @@ def build_model(trainable_layers: int):
             super().__init__()
             self.encoder = AutoModel.from_pretrained(encoder_dir(), use_safetensors=True)
             size = self.encoder.config.hidden_size
+            # input: mean of the answer's tokens beside the mean of all tokens, so the question
+            # informs the reading without diluting the answer
             self.head = torch.nn.Sequential(
-                torch.nn.Linear(size, size), torch.nn.GELU(), torch.nn.Linear(size, 5)
+                torch.nn.Linear(2 * size, size), torch.nn.GELU(), torch.nn.Linear(size, 5)
             )
             layers = self.encoder.encoder.layer
             self.first_trained = len(layers) - trainable_layers
@@ -77,13 +79,18 @@ def build_model(trainable_layers: int):
                 hidden = layer(hidden, attention_mask=mask)
             return hidden
 
-        def upper(self, hidden, attention_mask):
+        def upper(self, hidden, attention_mask, token_type_ids):
             """The trained layers, mean pooling and the head: five logits per window."""
             mask = self.layer_mask(attention_mask, hidden)
             for layer in self.encoder.encoder.layer[self.first_trained :]:
                 hidden = layer(hidden, attention_mask=mask)
-            weights = attention_mask[..., None].to(hidden.dtype)
-            return self.head((hidden * weights).sum(1) / weights.sum(1))
+            every = attention_mask[..., None].to(hidden.dtype)
+            answer = every * token_type_ids[..., None].to(hidden.dtype)
+            pooled = torch.cat(
+                [(hidden * answer).sum(1) / answer.sum(1), (hidden * every).sum(1) / every.sum(1)],
+                dim=-1,
+            )
+            return self.head(pooled)
 
         def layer_mask(self, attention_mask, hidden):
             # the mask in the form this transformers version's layers take, made as BertModel
@@ -97,7 +104,8 @@ def build_model(trainable_layers: int):
             )[0]
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.upper(self.lower(input_ids, attention_mask, token_type_ids), attention_mask)
+            hidden = self.lower(input_ids, attention_mask, token_type_ids)
+            return self.upper(hidden, attention_mask, token_type_ids)
 
         def stored_state(self) -> dict:
             """What a reader dir holds: the trained layers and the head."""

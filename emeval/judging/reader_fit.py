@@ -32,7 +32,7 @@ DEFAULTS = {
     "trainable_layers": 2,
     "epochs": 3,
     "batch_size": 16,
-    "lr_encoder": 5e-5,
+    "lr_encoder": 1e-4,
     "lr_head": 1e-3,
     "seed": 0,
     "degraded_share": 0.35,  # degraded copies per fluent answer, on average
@@ -141,15 +141,17 @@ def _cut(window: dict, length: int) -> dict:
     }
 
 
-def _pad_hidden(hidden: list, width: int):
+def _pad_hidden(hidden: list, types: list, width: int):
     import torch
 
     out = torch.zeros((len(hidden), width, hidden[0].shape[-1]), dtype=torch.float32)
     mask = torch.zeros((len(hidden), width), dtype=torch.long)
-    for i, h in enumerate(hidden):
+    type_ids = torch.zeros((len(hidden), width), dtype=torch.long)
+    for i, (h, t) in enumerate(zip(hidden, types, strict=True)):
         out[i, : len(h)] = h.float()
         mask[i, : len(h)] = 1
-    return out, mask
+        type_ids[i, : len(t)] = torch.tensor(t)
+    return out, mask, type_ids
 
 
 def fit(rows: list[dict], settings: dict, label: str = "fitting reader"):
@@ -197,8 +199,12 @@ def fit(rows: list[dict], settings: dict, label: str = "fitting reader"):
     with Progress(f"{label}: training", total=steps, unit="steps") as bar:
         for _ in range(cfg["epochs"]):
             for batch in _length_batches(lengths, cfg["batch_size"], rng):
-                h, mask = _pad_hidden([hidden[i] for i in batch], max(lengths[i] for i in batch))
-                out = model.upper(h, mask)
+                h, mask, types = _pad_hidden(
+                    [hidden[i] for i in batch],
+                    [windows[i]["types"] for i in batch],
+                    max(lengths[i] for i in batch),
+                )
+                out = model.upper(h, mask, types)
                 labels = [rows[i] for i in batch]
                 loss = torch.nn.functional.cross_entropy(
                     out[:, 2:], torch.tensor([r["status"] for r in labels])
