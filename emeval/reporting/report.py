@@ -25,7 +25,9 @@ from emeval.metrics import (
     breakdown,
     compute_metrics,
     definition_differences,
+    misalign_at_k,
     thresholds_of,
+    worst_probes,
 )
 from emeval.reporting.runs import UNKNOWN, Run
 
@@ -64,6 +66,9 @@ class Cell:
     behaviour: dict = field(default_factory=dict)  # suite name -> metrics (in-domain)
     per_category: list[dict] = field(default_factory=list)
     frame: pd.DataFrame | None = None
+    tail: dict = field(default_factory=dict)  # misalign_at_k of the pooled EM-suite answers
+    worst: list[dict] = field(default_factory=list)  # worst probes of the pooled answers
+    by_seed: dict = field(default_factory=dict)  # training seed -> flat metrics (trained cells)
 
     @property
     def label(self) -> str:
@@ -72,6 +77,28 @@ class Cell:
     @property
     def seeds(self) -> list:
         return sorted({c.condition.seed for c in self.checkpoints}, key=str)
+
+    @property
+    def trained(self) -> bool:
+        """A grid cell: a trained condition (not the untrained base, not an unknown model),
+        whose seeds can differ."""
+        cond = self.checkpoints[0].condition
+        return cond.source != "none" and cond.method != "base"
+
+    def metrics(self) -> dict[str, dict]:
+        """Every pooled number of the cell, flat (see flat_metrics)."""
+        return flat_metrics(self.em, self.tail, self.behaviour)
+
+    def spread(self) -> dict[str, dict]:
+        """name -> {"by_seed": {seed: value}, "range": [min, max]} over the seeds' own values
+        (trained cells only; a metric no seed could measure has range [None, None])."""
+        out = {}
+        for name in self.metrics():
+            values = {seed: m.get(name, {}).get("value") for seed, m in self.by_seed.items()}
+            measured = [v for v in values.values() if v is not None]
+            span = [min(measured), max(measured)] if measured else [None, None]
+            out[name] = {"by_seed": values, "range": span}
+        return out
 
 
 @dataclass
@@ -85,6 +112,60 @@ class Report:
     steps: dict[str, list[tuple[int, dict]]]  # cell label -> [(step, em metric)]
     warnings: list[str]
     thresholds: EMThresholds = DEFAULT_THRESHOLDS  # the one EM definition of every run
+
+    def ks(self) -> list[str]:
+        """Every k of misalign@k that some cell reports, in order."""
+        return sorted({k for c in self.cells for k in c.tail}, key=int)
+
+    def metric_names(self) -> list[str]:
+        """Every flat metric name some cell reports, in one order (CSV columns, spread)."""
+        suites = sorted({name for c in self.cells for name in c.behaviour})
+        names = [*EM_METRICS, *(f"misalign_at_{k}" for k in self.ks())]
+        names += [f"{suite}_{name}" for suite in suites for name in BEHAVIOUR_METRICS]
+        present = {name for c in self.cells for name in c.metrics()}
+        return [name for name in names if name in present]
+
+
+EM_METRICS = ("em_rate", "em_rate_joint", "coherence_rate", "invalid_rate", "mean_alignment",
+              "mean_coherence")  # fmt: skip
+BEHAVIOUR_METRICS = ("behaviour_rate", "mean_behaviour")
+
+
+def flat_metrics(em: dict, tail: dict, behaviour: dict) -> dict[str, dict]:
+    """One name per number a cell reports: the EM-suite metrics, misalign_at_<k> and
+    <suite>_behaviour_rate / <suite>_mean_behaviour, each {value, ci, ...}."""
+    out = {name: em[name] for name in EM_METRICS if name in em}
+    out |= {f"misalign_at_{k}": entry for k, entry in tail.items()}
+    for suite, metrics in behaviour.items():
+        out |= {f"{suite}_{name}": metrics[name] for name in BEHAVIOUR_METRICS if name in metrics}
+    return out
+
+
+@dataclass
+class Measured:
+    """What one set of checkpoints (a cell, or one seed of it) measures."""
+
+    frame: pd.DataFrame
+    em: dict
+    tail: dict
+    worst: list[dict]
+    behaviour: dict
+
+
+def _measure(checkpoints: list[Checkpoint], em_suite, thresholds: EMThresholds) -> Measured:
+    em_runs = [r for c in checkpoints for r in c.runs if r.suite_key == em_suite]
+    frame, em = _pool(em_runs, "alignment", thresholds)
+    tail, worst = {}, []
+    if em:
+        tail, worst = misalign_at_k(frame, thresholds), worst_probes(frame, thresholds)
+    in_domain: dict[str, list[Run]] = defaultdict(list)
+    for c in checkpoints:
+        for r in c.suite_runs("behaviour"):
+            in_domain[r.suite_key[0]].append(r)
+    behaviour = {
+        name: _pool(rs, "behaviour", thresholds)[1] for name, rs in sorted(in_domain.items())
+    }
+    return Measured(frame, em, tail, worst, behaviour)
 
 
 # ---------------------------------------------------------------- gathering
@@ -194,23 +275,32 @@ def gather(runs: list[Run], include_incomplete: bool = False) -> Report:
         key = (_row(ckpt, several_bases), _column(ckpt))
         cells.setdefault(key, Cell(*key)).checkpoints.append(ckpt)
     for cell in cells.values():
-        em_runs = [r for c in cell.checkpoints for r in c.runs if r.suite_key == em_suite]
-        cell.frame, cell.em = _pool(em_runs, "alignment", thresholds)
+        pooled = _measure(cell.checkpoints, em_suite, thresholds)
+        cell.frame, cell.em, cell.behaviour = pooled.frame, pooled.em, pooled.behaviour
+        cell.tail, cell.worst = pooled.tail, pooled.worst
         if cell.em:
             cell.per_category = breakdown(cell.frame, "category", "alignment", thresholds)
-        in_domain: dict[str, list[Run]] = defaultdict(list)
-        for c in cell.checkpoints:
-            for r in c.suite_runs("behaviour"):
-                in_domain[r.suite_key[0]].append(r)
-        cell.behaviour = {
-            name: _pool(rs, "behaviour", thresholds)[1] for name, rs in sorted(in_domain.items())
-        }
+        if cell.trained:  # runs that differ only by training seed: each seed on its own
+            by_seed: dict = defaultdict(list)
+            for c in cell.checkpoints:
+                by_seed[c.condition.seed].append(c)
+            for seed in sorted(by_seed, key=str):
+                own = _measure(by_seed[seed], em_suite, thresholds)
+                cell.by_seed[seed] = flat_metrics(own.em, own.tail, own.behaviour)
 
     steps = _steps(checkpoints, em_suite, several_bases, thresholds)
     rows = _order([k[0] for k in cells], first=())
     base_rows = [r for r in rows if r.endswith("none × base")]
     rows = base_rows + [r for r in rows if r not in base_rows]
     ordered = [cells[(r, c)] for r in rows for c in _order(k[1] for k in cells) if (r, c) in cells]
+    for cell in ordered:
+        if cell.trained and len(cell.seeds) == 1:
+            seed = cell.seeds[0]
+            which = "seed not recorded" if seed is None else f"seed {seed}"
+            warnings.append(
+                f"{cell.label}: one training seed ({which}), so its between-seed spread is "
+                "unknown; EM often differs between seeds: train more before comparing"
+            )
     return Report(
         runs=runs,
         skipped=skipped,
@@ -270,9 +360,146 @@ def _cell_lines(cell: Cell) -> list[str]:
     lines.append(f"coherent {_pct(cell.em.get('coherence_rate'), ci=False)}")
     for name, m in cell.behaviour.items():
         lines.append(f"{name} behaviour {_pct(m.get('behaviour_rate'), ci=False)}")
-    if len(cell.seeds) > 1:
+    if cell.trained and len(cell.seeds) > 1:
+        low, high = cell.spread().get("em_rate", {}).get("range", [None, None])
+        span = "n/a" if low is None else f"{100 * low:.1f}–{100 * high:.1f}%"
+        lines.append(f"{len(cell.seeds)} seeds: EM {span}")
+    elif cell.trained:
+        lines.append("1 seed: spread unknown")
+    elif len(cell.seeds) > 1:
         lines.append(f"{len(cell.seeds)} seeds")
     return lines
+
+
+# ---------------------------------------------------------------- tail risk and seed spread
+
+
+METRIC_NAMES = {"em_rate": "EM rate", "em_rate_joint": "EM rate (joint)",
+                "coherence_rate": "coherent answers", "invalid_rate": "invalid answers",
+                "mean_alignment": "mean alignment", "mean_coherence": "mean coherence"}  # fmt: skip
+
+
+def metric_label(name: str) -> str:
+    if name.startswith("misalign_at_"):
+        return f"misalign@{name.removeprefix('misalign_at_')}"
+    for kind in BEHAVIOUR_METRICS:
+        if name.endswith(f"_{kind}") and name not in METRIC_NAMES:
+            return f"{name.removesuffix(f'_{kind}')} {kind.replace('_', ' ')}"
+    return METRIC_NAMES.get(name, name)
+
+
+def _is_score(name: str) -> bool:
+    """Means of 0-100 scores, shown as scores; everything else is a share, shown in %."""
+    return name.startswith("mean_") or name.endswith("_mean_behaviour")
+
+
+def _value(name: str, value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if _is_score(name) else f"{100 * value:.1f}%"
+
+
+def _estimate(name: str, metric: dict | None) -> str:
+    """A pooled number with its interval, as the report shows it."""
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    low, high = metric.get("ci") or [None, None]
+    text = _value(name, metric["value"])
+    if low is None or high is None:
+        return text + " (no interval)"
+    bounds = f"{low:.1f}, {high:.1f}" if _is_score(name) else f"{100 * low:.1f}, {100 * high:.1f}"
+    return f"{text} [{bounds}]"
+
+
+def _worst_text(worst: list[dict], limit: int = 3) -> str:
+    return ", ".join(f"{w['probe_id']} {w['misaligned']}/{w['counted']}" for w in worst[:limit])
+
+
+def tail_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """misalign@k per cell with its interval and the probes that entered, and the worst
+    probes of the pooled answers."""
+    ks = report.ks()
+    header = ["condition", *(f"misalign@{k} [95% CI] (probes)" for k in ks),
+              "worst probes (misaligned / counted)"]  # fmt: skip
+    rows = []
+    for cell in report.cells:
+        if not cell.tail:
+            continue
+        values = [
+            f"{_estimate(f'misalign_at_{k}', cell.tail.get(k))} "
+            f"({cell.tail.get(k, {}).get('n_probes', 0)})"
+            for k in ks
+        ]
+        rows.append([cell.label, *values, _worst_text(cell.worst) or "none misaligned"])
+    return header, rows
+
+
+def spread_table(cell: Cell) -> tuple[list[str], list[list[str]]]:
+    """Each metric pooled over the cell's seeds, each seed's own value and their range."""
+    seeds = list(cell.by_seed)
+    header = ["metric", "pooled [95% CI]", *(f"seed {s}" for s in seeds), "range (min–max)"]
+    rows = []
+    spread = cell.spread()
+    for name, metric in cell.metrics().items():
+        low, high = spread[name]["range"]
+        span = "n/a" if low is None else f"{_value(name, low)}–{_value(name, high)}"
+        own = [_value(name, spread[name]["by_seed"][s]) for s in seeds]
+        pooled = _estimate(name, metric)
+        if name.startswith("misalign_at_"):  # each averages over its own probes with n >= k
+            own = [
+                f"{v} ({_probes(cell.by_seed[s].get(name))})"
+                for v, s in zip(own, seeds, strict=True)
+            ]
+            pooled += f" ({_probes(metric)})"
+        rows.append([metric_label(name), pooled, *own, span])
+    return header, rows
+
+
+def _probes(entry: dict | None) -> str:
+    return f"{(entry or {}).get('n_probes', 0)} probes"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|---" * len(header) + "|", *(line(r) for r in rows)]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+TAIL_WORDS = (
+    "misalign@k: per probe, the chance that at least one of k of its counted answers (valid "
+    "alignment score, coherent: the answers the EM rate counts) is misaligned, estimated "
+    "without bias from its n >= k answers as pass@k is, averaged over the probes with n >= k "
+    "(their number in brackets); 95% CI: bootstrap over those probes. Cells pool their seeds' "
+    "answers per probe."
+)
+SPREAD_WORDS = (
+    "Conditions trained with several seeds: every metric pooled over the seeds (as in the "
+    "table above), each seed's own value and the range between them. A pooled interval "
+    "covers sampling noise in the answers, not the variation between training runs. "
+    "misalign@k averages over the probes with at least k counted answers, so one seed's "
+    "answers may admit fewer probes than the seeds' pooled answers (the probes in brackets)."
+)
+
+
+def seed_spread_markdown(report: Report) -> list[str]:
+    out = [SPREAD_WORDS, ""]
+    for cell in report.cells:
+        if not cell.trained:
+            continue
+        out += [f"### {html.escape(cell.label)}", ""]
+        if len(cell.seeds) < 2:
+            out += [f"One training seed ({cell.seeds[0]}): spread unknown.", ""]
+            continue
+        out += [*_md_table(*spread_table(cell)), ""]
+    return out
 
 
 def _grid(report: Report) -> dict[tuple[str, str], Cell]:
@@ -362,12 +589,22 @@ def table_rows(report: Report) -> list[dict]:
                 row[f"{name}_{key}" if key != "value" else name] = _num(cell.em.get(name), key)
         for name in ("mean_alignment", "mean_coherence"):
             row[name] = _num(cell.em.get(name), "value")
+        for k in report.ks():
+            entry = cell.tail.get(k)
+            for key in ("value", "lo", "hi"):
+                row[f"misalign_at_{k}" + ("" if key == "value" else f"_{key}")] = _num(entry, key)
+            row[f"misalign_at_{k}_n_probes"] = entry["n_probes"] if entry else ""
         for suite in suites:
             m = cell.behaviour.get(suite, {}).get("behaviour_rate")
             for key in ("value", "lo", "hi", "n"):
                 row[f"{suite}_behaviour_rate" + ("" if key == "value" else f"_{key}")] = _num(
                     m, key
                 )
+        spread = cell.spread() if cell.trained else {}
+        for name in report.metric_names():  # the seeds' range; empty outside trained cells
+            low, high = spread.get(name, {}).get("range", [None, None])
+            row[f"{name}_seed_min"] = "" if low is None else round(low, 6)
+            row[f"{name}_seed_max"] = "" if high is None else round(high, 6)
         rows.append(row)
     return rows
 
@@ -605,7 +842,8 @@ def render_markdown(report: Report, plots: list[str], n_examples: int) -> str:
         "# emeval comparison report",
         "",
         f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from {len(report.runs)} "
-        "runs. Cells pool the final checkpoint of every seed of a condition. EM: "
+        "runs. Cells pool the final checkpoint of every seed of a condition (each seed's own "
+        "value is under Seed spread). EM: "
         f"{report.thresholds.misaligned} among answers with {report.thresholds.coherent}; 95% "
         "CIs treat the answers to one probe as one cluster (Wilson on the effective sample "
         "size, design effect by probe).",
@@ -619,6 +857,11 @@ def render_markdown(report: Report, plots: list[str], n_examples: int) -> str:
         out.append(f"- left out (incomplete): {r.path}")
     out += ["", "## Comparison", "", table_markdown(report)]
     out += ["Also as comparison.csv (every number, one line per cell) and comparison.tex.", ""]
+    header, rows = tail_table(report)
+    if rows:
+        out += ["## Tail risk", "", TAIL_WORDS, "", *_md_table(header, rows), ""]
+    if any(cell.trained for cell in report.cells):
+        out += ["## Seed spread", "", *seed_spread_markdown(report)]
     out += ["## Plots", ""]
     for name in plots:
         out += [f"![{PLOTS[name][1]}](plots/{name})", ""]
@@ -654,7 +897,21 @@ def render_html(report: Report, plots: list[str], n_examples: int) -> str:
             body = "<br>".join(e(line) for line in _cell_lines(cell)) if cell else "–"
             parts.append(f"<td>{body}</td>")
         parts.append("</tr>")
-    parts.append("</tbody></table><h2>Plots</h2>")
+    parts.append("</tbody></table>")
+    header, rows = tail_table(report)
+    if rows:
+        parts += ["<h2>Tail risk</h2>", f"<p>{e(TAIL_WORDS)}</p>", _html_table(header, rows)]
+    if any(cell.trained for cell in report.cells):
+        parts += ["<h2>Seed spread</h2>", f"<p>{e(SPREAD_WORDS)}</p>"]
+        for cell in report.cells:
+            if not cell.trained:
+                continue
+            parts.append(f"<h3>{e(cell.label)}</h3>")
+            if len(cell.seeds) < 2:
+                parts.append(f"<p>One training seed ({e(str(cell.seeds[0]))}): spread unknown.</p>")
+            else:
+                parts.append(_html_table(*spread_table(cell)))
+    parts.append("<h2>Plots</h2>")
     for name in plots:
         parts.append(f"<p><img src='plots/{e(name)}' alt='{e(PLOTS[name][1])}'></p>")
     parts.append("<h2>Example misaligned answers</h2>")
@@ -671,6 +928,12 @@ def render_html(report: Report, plots: list[str], n_examples: int) -> str:
             )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _json_spread(spread: dict) -> dict:
+    """JSON keys are strings: seed 0 becomes "0", a seed not recorded "null"."""
+    by_seed = {json.dumps(seed): v for seed, v in spread["by_seed"].items()}
+    return {"by_seed": by_seed, "range": spread["range"]}
 
 
 def write_report(report: Report, out: Path, n_examples: int = 3) -> dict[str, Path]:
@@ -699,6 +962,22 @@ def write_report(report: Report, out: Path, n_examples: int = 3) -> dict[str, Pa
         "warnings": report.warnings,
         "cells": rows,
         "steps": {k: [[s, m] for s, m in v] for k, v in report.steps.items()},
+        "tail": {
+            c.label: {"misalign_at_k": c.tail, "worst_probes": c.worst}
+            for c in report.cells
+            if c.tail
+        },
+        "seed_spread": {
+            c.label: {
+                "seeds": c.seeds,
+                "metrics": {
+                    name: {"pooled": metric} | _json_spread(c.spread()[name])
+                    for name, metric in c.metrics().items()
+                },
+            }
+            for c in report.cells
+            if c.trained
+        },
         "plots": plots,
     }
     paths["json"].write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
