@@ -599,7 +599,10 @@ class Experiment:
             runs = find_runs([self.out / "eval"])
         except EmevalError:
             return None
-        paths = write_report(gather(runs), self.out / "report")
+        report = gather(runs)
+        for warning in report.warnings:  # e.g. a cell trained with one seed: no spread
+            _say(f"report: warning: {warning}")
+        paths = write_report(report, self.out / "report")
         return paths["markdown"]
 
 

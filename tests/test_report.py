@@ -298,8 +298,9 @@ def test_a_cell_with_one_seed_is_warned_about(seeded, seeded_report, tmp_path, c
     assert "warning: aesthetic_unpopular × sft: one training seed (seed 0)" in out
 
 
-def test_experiment_report_shows_the_spread(seeded, tmp_path):
-    """`emeval experiment` writes OUT/report from OUT/eval: the same spread and warning."""
+def test_experiment_report_shows_the_spread(seeded, tmp_path, capsys):
+    """`emeval experiment` writes OUT/report from OUT/eval: the same spread and warning, which
+    it also prints."""
     import shutil
 
     from emeval.experiment import Experiment, Grid
@@ -310,6 +311,8 @@ def test_experiment_report_shows_the_spread(seeded, tmp_path):
     md = md_path.read_text()
     assert "## Seed spread" in md and "5.0%–25.0%" in md
     assert "aesthetic_unpopular × sft: one training seed" in md
+    err = capsys.readouterr().err
+    assert "report: warning: aesthetic_unpopular × sft: one training seed (seed 0)" in err
 
 
 def test_report_tail_risk_matches_the_runs(seeded_report, seeded, grid, report):
