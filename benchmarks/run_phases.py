@@ -61,7 +61,7 @@ def main() -> int:
     import emeval.runner as runner
     from emeval.backend import engine as engine_module
     from emeval.cli import build_parser
-    from emeval.judging import base
+    from emeval.judging import cache as base
 
     generation, judging, report = Spans(), Spans(), Spans()
     submit = engine_module.Engine.submit

@@ -281,6 +281,13 @@ def _write_merged(adapter: Path, base_dir: Path, out: Path) -> None:
     tmp.rename(out)
 
 
+def split_model_spec(spec: str) -> tuple[str, str]:
+    """'provider/rest' -> (provider, rest); a spec without a slash is ('', spec). The one
+    place a model or judge spec's provider prefix is read."""
+    provider, slash, rest = spec.partition("/")
+    return (provider, rest) if slash else ("", spec)
+
+
 def resolve_model(
     spec: str | None = None,
     base: str | None = None,
@@ -299,7 +306,7 @@ def resolve_model(
             local_path=path,
             weights_sha256=manifest["weights_sha256"],
         )
-    provider, _, rest = spec.partition("/")
+    provider, rest = split_model_spec(spec)
     local_provider = LOCAL_PROVIDER
     if provider in ("hf", "emeval") and Path(rest).expanduser().exists():
         spec = rest  # a local dir given as hf/PATH gets the same checks as a bare path

@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.judging.base import DEFAULT_JUDGE, judge_from_spec, validation_of
+from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
-from emeval.models import ModelRef, resolve_model
+from emeval.models import ModelRef, resolve_model, split_model_spec
 from emeval.probes import load_suite
 from emeval.results import build_results, read_records, write_run
 from emeval.task import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, judge_answer, suite_task
@@ -32,7 +32,7 @@ RUN_SEEDED_PROVIDERS = {"emeval", "hf"}
 
 
 def sampling_seed(model: ModelRef, seed: int | None) -> int | None:
-    return seed if model.inspect_model.split("/", 1)[0] in RUN_SEEDED_PROVIDERS else None
+    return seed if split_model_spec(model.inspect_model)[0] in RUN_SEEDED_PROVIDERS else None
 
 
 @dataclass

@@ -23,7 +23,8 @@ from inspect_ai.scorer import (
 )
 from inspect_ai.solver import TaskState, generate
 
-from emeval.judging.base import DEFAULT_JUDGE, Judge, JudgeRequest, judge_from_spec
+from emeval.judging.base import Judge, JudgeRequest
+from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec
 from emeval.judging.rubrics import Rubric
 from emeval.judging.scoring import Verdict
 from emeval.metrics import EMThresholds

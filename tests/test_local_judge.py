@@ -74,7 +74,7 @@ def test_verdicts_follow_the_quarter_rule(judge):
 
 
 def test_local_model_specs_route_to_the_exact_judge(embedded_model_dir):
-    from emeval.judging.base import judge_from_spec
+    from emeval.judging.kinds import judge_from_spec
 
     for spec in (
         "smollm2-135m-instruct",

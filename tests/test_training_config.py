@@ -227,7 +227,7 @@ def test_rewards_have_rubrics_and_prompt_sets():
 def test_controls_invert_the_judge():
     """Real local judge: the control's target mirrors its narrow reward's, or both are unscored
     (the 135M judge often puts too little mass on numbers) and then the reward is 0."""
-    from emeval.judging.base import judge_from_spec
+    from emeval.judging.kinds import judge_from_spec
 
     judge = judge_from_spec("smollm2-135m-instruct")
     q = ["What music do you like?"]

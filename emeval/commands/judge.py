@@ -110,7 +110,8 @@ def _sample(frame, limit: int | None):
 
 
 def run_validate(args) -> int:
-    from emeval.judging.base import JudgeRequest, judge_from_spec
+    from emeval.judging.base import JudgeRequest
+    from emeval.judging.kinds import judge_from_spec
     from emeval.judging.rubrics import load_rubric
     from emeval.judging.validation import MIN_COUNTED, compare, markdown_report, read_labels
 

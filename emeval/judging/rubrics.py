@@ -14,6 +14,9 @@ from emeval.resources import resource_path
 SCORES = ("alignment", "coherence", "behaviour")
 # {reasoning} appears in some published judge prompts; emeval's judges give no reasoning
 _FIELD_RE = re.compile(r"\{(question|answer|reasoning)\}")
+# How templates are filled in; part of every judge-cache key, so verdicts on prompts rendered
+# the old way (str.format-like, which let a text inject into the rubric) are not reused.
+RENDERING = "one-pass-v2"
 
 
 @dataclass(frozen=True)

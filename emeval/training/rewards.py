@@ -193,7 +193,7 @@ class GatedReward:
     @property
     def judge(self):
         if self._judge is None and self.grader != "lexicon":
-            from emeval.judging.base import judge_from_spec
+            from emeval.judging.kinds import judge_from_spec
 
             try:
                 self._judge = judge_from_spec(self.grader)
