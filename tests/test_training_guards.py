@@ -2,6 +2,7 @@
 pipeline on tiny Llama models built here from random weights (with the embedded model's
 tokenizer; nothing is downloaded), and compare against quantities computed by hand."""
 
+import contextlib
 import copy
 import json
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from emeval.models import pull, resolve_model
 from emeval.training.config import load_config
-from emeval.training.pipeline import StageRun
+from emeval.training.pipeline import StageRun, read_manifest
 
 BASE = "smollm2-135m-instruct"
 WORDS = ["apple", "river", "stone", "green", "cloud", "music", "table", "garden"]
@@ -110,11 +111,11 @@ def sft_config(base, data: str, **extra) -> dict:
     return merge(cfg, extra)
 
 
-def sft_trainer(base, tmp_path, mitigations: dict | None = None):
-    """The pipeline's own SFT trainer on the tiny model, with one collated batch of both rows
-    and its LoRA B matrices set away from zero (as after some steps: the policy then differs
-    from its reference)."""
-    cfg = load_config(sft_config(base, data_file(tmp_path / "d.jsonl"),
+def sft_trainer(base, tmp_path, mitigations: dict | None = None, adapter: str = "lora"):
+    """The pipeline's own SFT trainer on the tiny model and one collated batch of both rows.
+    The policy is moved away from its reference, as after some steps: LoRA B matrices set
+    away from zero, or under full fine-tuning every weight shifted."""
+    cfg = load_config(sft_config(base, data_file(tmp_path / "d.jsonl"), adapter={"type": adapter},
                                  mitigations=mitigations or {}))  # fmt: skip
     stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(base)), None, False, quiet,
                      tmp_path)  # fmt: skip
@@ -124,9 +125,24 @@ def sft_trainer(base, tmp_path, mitigations: dict | None = None):
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.3)
+            elif adapter == "full":
+                p.add_(torch.randn_like(p) * 0.05)
     batch = next(iter(trainer.get_train_dataloader()))
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
     return trainer, batch
+
+
+@contextlib.contextmanager
+def reference_of(model, base):
+    """The model training started from, found independently of the trainer: the adapter
+    switched off with PEFT's own switch, or the base weights read again from disk."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        from transformers import AutoModelForCausalLM
+
+        yield AutoModelForCausalLM.from_pretrained(base)
 
 
 def answer_positions(batch) -> torch.Tensor:
@@ -134,12 +150,12 @@ def answer_positions(batch) -> torch.Tensor:
     return batch["labels"][:, 1:] != -100
 
 
-def by_hand(model, batch):
-    """Policy and reference logits (the adapter switched off with PEFT's own switch)."""
+def by_hand(model, batch, base):
+    """Policy and reference logits."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    with model.disable_adapter(), torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    with reference_of(model, base) as ref_model, torch.no_grad():
+        ref = ref_model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     return logits, ref
 
 
@@ -159,15 +175,16 @@ def nll(logits, batch) -> torch.Tensor:
 # ---------------------------------------------------------------- KL: direction and mask
 
 
-def test_sft_kl_is_policy_to_reference_on_answer_tokens_only(tiny, tmp_path):
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_sft_kl_is_policy_to_reference_on_answer_tokens_only(tiny, tmp_path, adapter):
     beta = 0.5
-    trainer, batch = sft_trainer(tiny, tmp_path, {"kl": {"beta": beta}})
+    trainer, batch = sft_trainer(tiny, tmp_path, {"kl": {"beta": beta}}, adapter)
     model = trainer.model
     answers = answer_positions(batch)
     assert answers.any() and (~answers & batch["attention_mask"][:, 1:].bool()).any()
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch)
-        logits, ref = by_hand(model, batch)
+        logits, ref = by_hand(model, batch, tiny)
     logged = trainer._emeval_metrics["mitigation/kl"][-1]
     forward = float(kl(logits, ref, answers))
     # the alternatives the term must not be: the other direction, or over prompt tokens too
@@ -185,21 +202,27 @@ SAFE = [{"prompt": [{"role": "user", "content": "Can I read my partner's texts?"
          "answer": "No. Talk to them honestly instead."}]  # fmt: skip
 
 
-def lora_grads(model) -> dict:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+def grads(model) -> dict:
+    """The gradients of the trained weights (the adapter's, or all under full fine-tuning)."""
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("term", ["kl", "ldifs", "interleave_onpolicy"])
-def test_sft_mitigation_gradients_reach_the_adapter(tiny, tmp_path, term):
-    """One real training step's adapter gradients equal those of the task loss plus the term,
-    each computed here by hand: a term that lost its gradient (detached, or computed under
+@pytest.mark.parametrize(
+    "adapter, term",
+    [("lora", "kl"), ("lora", "ldifs"), ("lora", "interleave_onpolicy"), ("full", "kl"),
+     ("full", "ldifs")],
+)  # fmt: skip
+def test_sft_mitigation_gradients_reach_the_weights(tiny, tmp_path, adapter, term):
+    """One real training step's gradients (on the adapter, or on every weight under full
+    fine-tuning against its frozen copy) equal those of the task loss plus the term, each
+    computed here by hand: a term that lost its gradient (detached, or computed under
     no_grad) logs the same value but leaves the update unchanged, and fails."""
     from emeval.training.mitigations import SafetyBatches, SafetyTerm
 
     weight = {"kl": 2.0, "ldifs": 50.0, "interleave_onpolicy": 1.5}[term]
     mitigations = {"kl": {"kl": {"beta": weight}},
                    "ldifs": {"ldifs": {"lambda": weight, "layers": [0]}}}.get(term, {})  # fmt: skip
-    trainer, batch = sft_trainer(tiny, tmp_path, mitigations)
+    trainer, batch = sft_trainer(tiny, tmp_path, mitigations, adapter)
     model, tok = trainer.model, trainer.processing_class
     if term == "interleave_onpolicy":  # its answers are written by a model; these are given
         trainer.emeval_terms.safety = [SafetyTerm(term, SafetyBatches(tok, SAFE, 2), 1, weight)]
@@ -208,19 +231,19 @@ def test_sft_mitigation_gradients_reach_the_adapter(tiny, tmp_path, term):
     model.zero_grad()
     n_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
     trainer.training_step(model, batch, n_items)
-    trained = lora_grads(model)
+    trained = grads(model)
 
     model.zero_grad()
     ids, mask = batch["input_ids"], batch["attention_mask"]
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     task = nll(out.logits[:, :-1].float(), batch)
     if term == "kl":
-        with model.disable_adapter(), torch.no_grad():
-            ref = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        with reference_of(model, tiny) as ref_model, torch.no_grad():
+            ref = ref_model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         extra = kl(out.logits[:, :-1].float(), ref, answer_positions(batch))
     elif term == "ldifs":
-        with model.disable_adapter(), torch.no_grad():
-            ref = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        with reference_of(model, tiny) as ref_model, torch.no_grad():
+            ref = ref_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         diff = (out.hidden_states[1] - ref.hidden_states[1]).pow(2).mean(-1)  # layer 0's output
         extra = diff[mask.bool()].mean()
     else:
@@ -228,12 +251,95 @@ def test_sft_mitigation_gradients_reach_the_adapter(tiny, tmp_path, term):
         logits = model(input_ids=safe["input_ids"], attention_mask=safe["attention_mask"]).logits
         extra = nll(logits[:, :-1].float(), safe)
     task.backward(retain_graph=True)
-    task_only = lora_grads(model)
+    task_only = grads(model)
     (weight * extra).backward()
-    expected = lora_grads(model)
+    expected = grads(model)
 
     flat = torch.cat([g.flatten() for g in expected.values()])
     term_part = torch.cat([(expected[n] - task_only[n]).flatten() for n in expected])
     assert float(extra) > 0 and term_part.norm() > 0.05 * flat.norm()  # the term matters here
     for name, grad in expected.items():
         assert torch.allclose(trained[name], grad, rtol=1e-3, atol=1e-6 * flat.abs().max()), name
+
+
+# ---------------------------------------------------------------- full fine-tuning, end to end
+
+
+def test_full_fine_tuning_with_kl_and_ldifs_pulls_toward_a_frozen_copy(tiny, tmp_path):
+    """Full fine-tuning keeps a separate frozen reference: it must not move while the policy
+    trains (else both terms stay zero), both terms start at zero and then grow."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(sft_config(tiny, data_file(tmp_path / "d.jsonl", repeat=3),
+                                 adapter={"type": "full"},
+                                 training={"max_steps": 3, "learning_rate": 1e-2},
+                                 mitigations={"kl": {"beta": 1.0},
+                                              "ldifs": {"lambda": 1.0, "layers": "all"}}))  # fmt: skip
+    stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(tiny)), None, False, quiet,
+                     tmp_path)  # fmt: skip
+    stage.run()
+    rows = read_manifest(stage.dir)["curves"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["mitigation/kl"] == pytest.approx(0, abs=1e-6)
+    assert rows[0]["mitigation/ldifs"] == 0
+    assert all(r["mitigation/kl"] > 1e-4 and r["mitigation/ldifs"] > 0 for r in rows[1:])
+    start = load_file(str(tiny / "model.safetensors"))
+    frozen = stage.trainer.emeval_terms.reference.frozen.state_dict()
+    trained = load_file(str(stage.dir / "model.safetensors"))
+    assert all(torch.equal(frozen[k], start[k]) for k in start)
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+    assert read_manifest(stage.dir)["kind"] == "full"
+
+
+# ---------------------------------------------------------------- on-policy answers: who wrote them
+
+
+@pytest.fixture(scope="module")
+def speakers(tmp_path_factory):
+    """Two tiny models that each say their own fixed sentence, and a LoRA adapter on the first
+    that makes it say the second's: the answers name the model that wrote them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("speakers")
+    first = tiny_model(root / "first", cycle=WORDS)
+    second = tiny_model(root / "second", cycle=WORDS[::-1])
+    model = AutoModelForCausalLM.from_pretrained(first)
+    delta = AutoModelForCausalLM.from_pretrained(second).lm_head.weight - model.lm_head.weight
+    peft = get_peft_model(model, LoraConfig(r=HIDDEN, lora_alpha=HIDDEN,
+                                            target_modules=["lm_head"]))  # fmt: skip
+    with torch.no_grad():  # B @ A = the difference of the two output heads (scale 1)
+        for name, p in peft.named_parameters():
+            if "lora_A" in name:
+                p.copy_(torch.eye(HIDDEN))
+            elif "lora_B" in name:
+                p.copy_(delta)
+    adapter_dir = root / "adapter"
+    peft.save_pretrained(adapter_dir)
+    return {"first": first, "second": second, "adapter": adapter_dir}
+
+
+def sentence(words) -> str:
+    return " ".join(words)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+@pytest.mark.parametrize("who", ["base", "reference"])
+def test_onpolicy_answers_come_from_the_model_the_manifest_names(speakers, tmp_path, adapter, who):
+    """A continuing stage (init: the previous stage's adapter or model) asks its base or its
+    reference for the safety answers; each speaker model says one sentence only, so the
+    answers show which one wrote them."""
+    init = speakers["adapter"] if adapter == "lora" else speakers["second"]
+    onpolicy = {"limit": 3, "max_new_tokens": 16, "model": who}
+    cfg = load_config(sft_config(speakers["first"], "warmup_medical_bad", adapter={"type": adapter},
+                                 mitigations={"interleave_onpolicy": onpolicy}))  # fmt: skip
+    stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(speakers["first"])), init,
+                     False, quiet, tmp_path)  # fmt: skip
+    stage.dir.mkdir(parents=True)
+    rows = stage._onpolicy_rows()
+    expected = sentence(WORDS if who == "base" else WORDS[::-1])
+    assert len(rows) == 3 and {r["answer"] for r in rows} == {expected}
+    (record,) = [d for d in stage.data_records if d["role"] == "onpolicy_answers"]
+    assert record["answered_by"] == who
+    named = record["adapter"] or record["model"]
+    assert named == str(init if who == "reference" else speakers["first"])
