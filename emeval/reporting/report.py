@@ -3,6 +3,8 @@
 Rows are reward x method, columns mitigations; each cell pools the final checkpoints of a
 condition (all seeds) and recomputes its metrics from the answers with emeval.metrics, the
 same code that wrote each run's results.json. Intermediate checkpoints give EM over steps.
+Each trained cell is also measured seed by seed, so the spread between training seeds stands
+next to the pooled estimate (whose interval covers answer noise, not seed-to-seed variation).
 """
 
 from __future__ import annotations
