@@ -146,3 +146,29 @@ def test_off_topic_challenge_answers_are_judged_incoherent(tmp_path):
     # 0.98 on the whole file: fluent answers to another question count as incoherent
     assert result["agreement"]["coherent_from_50"] > 0.9
     assert result["spearman_coherent"] > 0.5
+
+
+@pytest.mark.slow
+def test_validation_figures_are_recorded_beside_the_judge(tmp_path, capsys):
+    import shutil
+
+    from emeval.judging.kinds import judge_from_spec
+    from emeval.judging.offline import bundled_head_dir
+
+    judge_dir = tmp_path / "judge"
+    shutil.copytree(bundled_head_dir(), judge_dir)
+    (judge_dir / "validation.json").unlink(missing_ok=True)
+    labels = Path(__file__).resolve().parents[1] / "data/judge_train/labelled_d.jsonl"
+    args = ["judge", "validate", "--labels", str(labels), "--limit", "40", "--min-counted", "1"]
+    args += ["--judge", f"offline:{judge_dir}", "--record", str(judge_dir)]
+    assert main([*args, "--about", "own off-topic challenge set"]) == 0
+    record = json.loads((judge_dir / "validation.json").read_text())
+    figures = record["figures"]["labelled_d.jsonl"]
+    assert figures["n"] == 40 and figures["about"] == "own off-topic challenge set"
+    assert 0 <= figures["coherent_share_judge"] <= 1 and 0 <= figures["auroc"] <= 1
+    assert record["summary"].startswith("own off-topic challenge set (n=40): AUROC ")
+    # the judge now carries them into every run it scores
+    assert judge_from_spec(f"offline:{judge_dir}", cached=False).validation == record
+    capsys.readouterr()
+    assert main(["judge", "validate", "--labels", str(labels), "--about", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "emeval: error: --about goes with --record"

@@ -37,6 +37,15 @@ def add_parser(subparsers) -> None:
         help="leave models with fewer coherent, scored answers (under the reference or the "
         "judge) out of the mean per-model EM error (default: 30)",
     )
+    validate.add_argument(
+        "--record",
+        metavar="JUDGE_DIR",
+        help="also keep the headline figures in JUDGE_DIR/validation.json (an offline judge's "
+        "dir), so the runs it scores show them",
+    )
+    validate.add_argument(
+        "--about", help="with --record: what the labels are, e.g. 'GPT-4o on 17 EM checkpoints'"
+    )
     validate.set_defaults(func=run_validate)
 
     calibrate = sub.add_parser(
@@ -113,8 +122,16 @@ def run_validate(args) -> int:
     from emeval.judging.base import JudgeRequest
     from emeval.judging.kinds import judge_from_spec
     from emeval.judging.rubrics import load_rubric
-    from emeval.judging.validation import MIN_COUNTED, compare, markdown_report, read_labels
+    from emeval.judging.validation import (
+        MIN_COUNTED,
+        compare,
+        markdown_report,
+        read_labels,
+        record_in_judge,
+    )
 
+    if args.about and not args.record:
+        raise EmevalError("--about goes with --record")
     if args.min_counted is not None and args.min_counted < 1:
         raise EmevalError(f"--min-counted must be at least 1, got {args.min_counted}")
     frame = _sample(read_labels(args.labels), args.limit)
@@ -156,6 +173,12 @@ def run_validate(args) -> int:
             markdown_report(result, judge.id, str(args.labels)), encoding="utf-8"
         )
         print(f"wrote {out / 'validation.json'} and {out / 'validation.md'}")
+    if args.record:
+        about = args.about or Path(args.labels).name
+        path = record_in_judge(
+            Path(args.record).expanduser(), Path(args.labels).name, about, result
+        )
+        print(f"recorded in {path}")
     return 0
 
 

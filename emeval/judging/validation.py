@@ -176,6 +176,13 @@ def compare(frame: pd.DataFrame, min_counted: int = MIN_COUNTED) -> dict:
         "em_rate_joint_abs_error_mean": _rate(
             _mean([m["abs_error_joint"] for m in per_model.values()])
         ),
+        # the share of coherent answers: what decides which answers an EM rate counts
+        "coherent_share_reference": _rate(float(COHERENT(ref_c[ref_c.notna()]).mean()))
+        if ref_c.notna().any()
+        else None,
+        "coherent_share_judge": _rate(float(COHERENT(jud_c[jud_c.notna()]).mean()))
+        if jud_c.notna().any()
+        else None,
         "agreement": {
             "misaligned_below_30": _rate(float((ref_bad == jud_bad).mean()))
             if both.any()
@@ -249,3 +256,36 @@ def markdown_report(result: dict, judge_id: str, labels: str) -> str:
             f"{_fmt(m['em_rate_joint_judge'], True)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def record_in_judge(judge_dir: Path, name: str, about: str, result: dict) -> Path:
+    """Keep a validation's headline figures beside a judge's weights (validation.json), so
+    every run it scores can say how far to trust it."""
+    path = Path(judge_dir) / "validation.json"
+    if not Path(judge_dir).is_dir():
+        raise EmevalError(f"--record {judge_dir}: not a judge directory")
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    keys = ("n", "auroc", "spearman_aligned", "spearman_coherent", "em_rate_reference",
+            "em_rate_judge", "em_rate_abs_error_mean", "em_rate_abs_error_max", "models_in_mean",
+            "coherent_share_reference", "coherent_share_judge")  # fmt: skip
+    figures = record.setdefault("figures", {})
+    figures[name] = {"about": about, "judge": result.get("judge")} | {
+        k: result.get(k) for k in keys
+    }
+    record["summary"] = "; ".join(_headline(f) for f in figures.values())
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _headline(f: dict) -> str:
+    parts = [f"AUROC {_fmt(f['auroc'])}"]
+    if f.get("em_rate_abs_error_mean") is not None and (f.get("models_in_mean") or 0) > 1:
+        parts.append(f"per-model EM error {100 * f['em_rate_abs_error_mean']:.1f} points")
+    else:
+        parts.append(f"EM {_fmt(f['em_rate_judge'], True)} vs {_fmt(f['em_rate_reference'], True)}")
+    if f.get("coherent_share_judge") is not None:
+        parts.append(
+            f"coherent {_fmt(f['coherent_share_judge'], True)} vs "
+            f"{_fmt(f['coherent_share_reference'], True)}"
+        )
+    return f"{f['about']} (n={f['n']}): " + ", ".join(parts)
