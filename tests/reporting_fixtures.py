@@ -48,6 +48,7 @@ def make_run(
     method: str = "encoder",
     misaligned_probes: int | None = None,
     thresholds: EMThresholds = DEFAULT_THRESHOLDS,
+    validations: dict | None = None,
 ) -> Path:
     """A run dir with the given numbers of misaligned-and-coherent, incoherent, unjudged
     (no_score), refused (alignment REFUSAL, coherent) and aligned answers, and misaligned
@@ -115,6 +116,14 @@ def make_run(
                 "samples_per_prompt": 1, "limit": None, "held_out": False}  # fmt: skip
     problems = [] if complete else ["3 of 40 samples present"]
     results = build_results(
-        records, s, [judge_id], model, sampling, complete, problems, thresholds=thresholds
+        records,
+        s,
+        [judge_id],
+        model,
+        sampling,
+        complete,
+        problems,
+        thresholds=thresholds,
+        validations=validations,
     )
     return write_run(out, results, records).parent

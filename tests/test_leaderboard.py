@@ -233,3 +233,20 @@ def test_entries_published_before_the_record_read_as_the_default(runs, site, tmp
     (copy / "leaderboard.json").write_text(json.dumps(data))
     assert main(["leaderboard", "publish", str(runs["later"]), "--site", str(copy)]) == 0
     assert len(entries(copy)) == len(data["entries"]) + 1
+
+
+def test_each_board_says_how_far_its_judge_is_trusted(tmp_path):
+    from reporting_fixtures import JUDGE_ID
+
+    figures = {"summary": "AUROC 0.95 vs careful raters (n=300)", "figures": {"own": {}}}
+    trusted = make_run(tmp_path / "t", model_spec="trusted-model", misaligned=1, aligned=39,
+                       validations={JUDGE_ID: figures})  # fmt: skip
+    site = tmp_path / "site"
+    leaderboard.publish(find_runs([trusted]), site)
+    (entry,) = entries(site)
+    assert entry["judges"][0]["trust"] == "validation: AUROC 0.95 vs careful raters (n=300)"
+    index = (site / "index.html").read_text()
+    assert "judge trust: " in index and "AUROC 0.95 vs careful raters (n=300)" in index
+    plain = make_run(tmp_path / "p", model_spec="plain-model", misaligned=1, aligned=39)
+    leaderboard.publish(find_runs([plain]), tmp_path / "site2")
+    assert "unvalidated" in (tmp_path / "site2" / "index.html").read_text()

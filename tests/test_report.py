@@ -88,6 +88,8 @@ def test_writes_every_format_and_plot(report):
     md = (report / "report.md").read_text()
     assert "![EM rate over training steps](plots/em_over_steps.png)" in md
     assert "left out (incomplete)" in md
+    # the fixture's judge carries no validation figures, and the report says so
+    assert "unvalidated: no validation figures travel with this judge" in md
 
 
 def test_table_rows_columns_and_pooled_numbers(report):

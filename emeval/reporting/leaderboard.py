@@ -26,6 +26,7 @@ from pathlib import Path
 from emeval.errors import EmevalError
 from emeval.metrics import EMThresholds, definition_differences, thresholds_of
 from emeval.reporting.runs import Run
+from emeval.results import judge_trust
 
 SCHEMA = "emeval.leaderboard/1"
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -109,7 +110,11 @@ def make_entry(run: Run, published: str) -> dict:
         },  # fmt: skip
         "suite": {k: res["suite"][k] for k in ("name", "version", "sha256", "primary_score")},
         "judges": [
-            {"id": j["id"], "rubrics": {k: v["version"] for k, v in j["rubrics"].items()}}
+            {
+                "id": j["id"],
+                "rubrics": {k: v["version"] for k, v in j["rubrics"].items()},
+                "trust": judge_trust(j),
+            }
             for j in res["judges"]
         ],
         "rank_metric": RANK_METRIC[res["suite"]["primary_score"]],
@@ -268,6 +273,11 @@ def _judges(e: dict) -> str:
     )
 
 
+def _trust(e: dict) -> str:
+    """How far each judge can be trusted, as the run recorded it (older entries: unknown)."""
+    return "; ".join(f"{j['id']}: {j.get('trust', 'validation not recorded')}" for j in e["judges"])
+
+
 def _board_key(e: dict) -> tuple:
     general_first = e["suite"]["primary_score"] != "alignment"
     return (general_first, e["suite"]["name"], e["suite"]["version"], e["suite"]["sha256"],
@@ -300,6 +310,7 @@ def render_index(entries: list[dict], updated: str) -> str:
         body += [
             f"<h2>Suite {E(name)} v{E(version)}</h2>",
             f"<p class='muted'>suite sha256 {E(sha[:16])}…; judge {E(judges)}</p>",
+            f"<p class='muted'>judge trust: {E(_trust(rows[0]))}</p>",
             f"<table class='board' data-suite='{E(name)}'><thead><tr>",
             "<th data-sort='number'>rank</th><th data-sort='text'>model</th>",
             "<th data-sort='text'>condition</th>",
@@ -357,6 +368,7 @@ def render_model_page(entries: list[dict]) -> str:
             ),
             f"<tr><th>answers</th><td>{E(json.dumps(e['counts']))}</td></tr>",
             f"<tr><th>judge</th><td>{E(_judges(e))}</td></tr>",
+            f"<tr><th>judge trust</th><td>{E(_trust(e))}</td></tr>",
             f"<tr><th>sampling</th><td>{E(json.dumps(e['sampling']))}</td></tr>",
             f"<tr><th>suite sha256</th><td><code>{E(s['sha256'])}</code></td></tr>",
             f"<tr><th>results sha256</th><td><code>{E(p['results_sha256'])}</code></td></tr>",

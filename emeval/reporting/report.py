@@ -32,6 +32,7 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.reporting.runs import UNKNOWN, Run
+from emeval.results import judge_trust
 
 EXAMPLE_CHARS = 700
 
@@ -829,13 +830,13 @@ def _provenance(report: Report) -> list[str]:
             rubrics = ", ".join(
                 f"{v.get('name', k)} v{v['version']}" for k, v in sorted(j["rubrics"].items())
             )
-            judges[(j["id"], rubrics)] = f"{j['id']} (rubrics: {rubrics})"
+            judges[(j["id"], rubrics)] = f"{j['id']} (rubrics: {rubrics}; {judge_trust(j)})"
     lines.append(f"- runs: {len(report.runs)} complete" + (
         f", {len(report.skipped)} incomplete left out" if report.skipped else ""))  # fmt: skip
     lines.append(f"- EM suite: {suites.get(report.em_suite, 'none')}")
     lines.append(f"- EM thresholds: {report.thresholds.describe()}")
     lines.append("- suites: " + "; ".join(sorted(suites.values())))
-    lines.append("- judges: " + "; ".join(sorted(judges.values())))
+    lines.append("- judges: " + " | ".join(sorted(judges.values())))
     return lines
 
 
