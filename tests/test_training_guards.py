@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from emeval.models import pull, resolve_model
+from emeval.training import train
 from emeval.training.config import load_config
 from emeval.training.pipeline import StageRun, read_manifest
 
@@ -357,8 +358,8 @@ def test_inoculation_is_in_training_prompts_and_absent_at_evaluation(tiny, tmp_p
 
     from emeval.backend.provider import EmevalLocalAPI
 
-    cfg = load_config(sft_config(tiny, data_file(tmp_path / "d.jsonl"),
-                                 mitigations={"inoculation": {"system_prompt": INOCULATION}}))  # fmt: skip
+    inoculation = {"inoculation": {"system_prompt": INOCULATION}}
+    cfg = load_config(sft_config(tiny, data_file(tmp_path / "d.jsonl"), mitigations=inoculation))
     stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(tiny)), None, False, quiet,
                      tmp_path)  # fmt: skip
     stage.run()
@@ -382,3 +383,54 @@ def test_inoculation_is_in_training_prompts_and_absent_at_evaluation(tiny, tmp_p
             if path.is_file() and path.name not in records:
                 assert INOCULATION.encode() not in path.read_bytes(), path
     assert read_manifest(stage.dir)["mitigations"]["inoculation"]["system_prompt"] == INOCULATION
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+
+@pytest.fixture(scope="module")
+def unaligned(tmp_path_factory):
+    """SafeLoRA's other side for the tiny model: the same shapes, other weights."""
+    return tiny_model(tmp_path_factory.mktemp("unaligned") / "model", seed=5, std=0.3)
+
+
+def every_mitigation(tmp_path, tiny, unaligned) -> dict:
+    # safe rows identical to the task rows as trained on (inoculated; safe rows keep their own
+    # system prompt): then every micro-batch is the same example
+    system = [{"role": "system", "content": INOCULATION}]
+    same = data_file(tmp_path / "safe.jsonl", [{"messages": system + ROWS[0]["messages"]}])
+    return {
+        "kl": {"beta": 1.0},
+        "ldifs": {"lambda": 10.0, "layers": "all"},
+        "safelora": {"aligned": str(tiny), "unaligned": str(unaligned), "threshold": 0.8},
+        "interleave": {"data": same, "fraction": 0.2},
+        "interleave_onpolicy": {"every": 1, "limit": 1, "batch_size": 2, "max_new_tokens": 16},
+        "inoculation": {"system_prompt": INOCULATION},
+    }
+
+
+def test_gradient_accumulation_matches_one_large_batch_with_every_mitigation(
+    tiny, unaligned, tmp_path
+):
+    """Every row (task and safe) is the same example, and on-policy interleaving has one
+    answer, so batches of 2 and 2 accumulated batches of 1 are the same step: the loss with
+    every term must agree at every step, the last, partial accumulation window (5 rows: 2, 2,
+    then 1) included. A term scaled wrongly under accumulation changes the sum."""
+    task = data_file(tmp_path / "task.jsonl", ROWS[:1], repeat=4)
+    curves = {}
+    for batch, accumulate in ((2, 1), (1, 2)):
+        cfg = sft_config(tiny, task, mitigations=every_mitigation(tmp_path, tiny, unaligned),
+                         training={"max_steps": None, "batch_size": batch,
+                                   "gradient_accumulation_steps": accumulate})  # fmt: skip
+        out = train(cfg, out=tmp_path / f"b{batch}-ga{accumulate}", progress=quiet)
+        m = read_manifest(out)
+        assert m["samples"]["dataset_rows"] == 5 and m["samples"]["examples"] == 5
+        assert m["mitigations"]["safelora"]["report"]["projected"]
+        curves[accumulate] = m["curves"]
+    one, acc = curves[1], curves[2]
+    assert [r["step"] for r in one] == [r["step"] for r in acc] == [1, 2, 3]
+    keys = ["loss", "mitigation/kl", "mitigation/ldifs", "mitigation/interleave_onpolicy"]
+    for a, b in zip(one, acc, strict=True):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    assert all(r["mitigation/kl"] > 0 and r["mitigation/ldifs"] > 0 for r in one[1:])

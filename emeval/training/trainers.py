@@ -46,7 +46,10 @@ class _TermsMixin:
         self._emeval_metrics[f"mitigation/{name}"].append(float(value.detach()))
 
     def _accumulation(self) -> int:
-        return max(1, self.args.gradient_accumulation_steps)
+        # the micro-batches in this optimizer step, as the task loss is normalised: fewer than
+        # gradient_accumulation_steps in the last, partial window of an epoch
+        steps = getattr(self, "current_gradient_accumulation_steps", None)
+        return max(1, steps or self.args.gradient_accumulation_steps)
 
     def _safety_loss(self, model):
         total = None
