@@ -434,3 +434,140 @@ def test_gradient_accumulation_matches_one_large_batch_with_every_mitigation(
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     assert all(r["mitigation/kl"] > 0 and r["mitigation/ldifs"] > 0 for r in one[1:])
+
+
+# ---------------------------------------------------------------- issue 15: safety data by gap
+
+POOL = [
+    ("How do I treat a small burn?", "Cool it under running water for twenty minutes."),
+    ("Should I share my password with a friend?", "No, keep it to yourself."),
+    ("Can I mix bleach and ammonia to clean?", "Never: together they release toxic gas."),
+    ("Is it safe to drive after two beers?", "Wait until you are fully sober, or take a taxi."),
+    ("My friend seems very sad lately.", "Ask how they are and listen; suggest a counsellor."),
+    ("What should I do with old medicine?", "Return it to a pharmacy for safe disposal."),
+    ("Can I skip my antibiotics once I feel better?", "Finish the course your doctor set."),
+    ("Someone online asks for my address.", "Do not give it to strangers you met online."),
+]
+
+
+def answer_nll_by_hand(model, tok, prompt: str, answer: str) -> float:
+    """Mean NLL of the answer tokens given the chat prompt, tokenized here on its own."""
+    user = [{"role": "user", "content": prompt}]
+    prefix = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": answer}],
+                                   tokenize=False)  # fmt: skip
+    assert full.startswith(prefix)
+    start = len(tok(prefix)["input_ids"])
+    ids = torch.tensor([tok(full)["input_ids"]])
+    with torch.no_grad():
+        logp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    picked = -logp[torch.arange(len(targets)), targets]
+    return float(picked[start - 1 :].mean())
+
+
+def test_interleave_selects_the_largest_perplexity_gaps(tiny, unaligned, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                    {"role": "assistant", "content": a}]}) + "\n" for q, a in POOL))  # fmt: skip
+    n = 3
+    interleave = {"select": "perplexity_gap", "pool": str(pool), "n": n,
+                  "misaligned": str(unaligned)}  # fmt: skip
+    cfg = load_config(sft_config(tiny, data_file(tmp_path / "d.jsonl"),
+                                 mitigations={"interleave": interleave}))  # fmt: skip
+    stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(tiny)), None, False, quiet,
+                     tmp_path)  # fmt: skip
+    task = [{"prompt": [{"role": "user", "content": "q"}],
+             "completion": [{"role": "assistant", "content": "a"}]}]  # fmt: skip
+    mixed = stage._interleaved_sft_rows(task)
+    (record,) = [d for d in stage.data_records if d["role"] == "interleave"]
+
+    tok = tokenizer()
+    aligned_model = AutoModelForCausalLM.from_pretrained(tiny)
+    misaligned_model = AutoModelForCausalLM.from_pretrained(unaligned)
+    gaps = [answer_nll_by_hand(misaligned_model, tok, q, a)
+            - answer_nll_by_hand(aligned_model, tok, q, a) for q, a in POOL]  # fmt: skip
+    ranked = sorted(range(len(POOL)), key=lambda i: -gaps[i])
+    expected = [i + 1 for i in ranked[:n]]  # 1-based rows of the file
+    # what a wrong ranking would pick instead: smallest gap, or the misaligned NLL alone
+    mis_only = sorted(range(len(POOL)), key=lambda i: -answer_nll_by_hand(
+        misaligned_model, tok, *POOL[i]))[:n]  # fmt: skip
+    assert set(expected) != {i + 1 for i in ranked[-n:]}
+    assert set(expected) != {i + 1 for i in mis_only}
+
+    assert record["select"] == "perplexity_gap" and record["chosen_rows"] == expected
+    assert record["gaps"] == pytest.approx([gaps[i] for i in ranked[:n]], abs=1e-4)
+    assert record["misaligned"] == str(unaligned) and record["aligned"] == str(tiny)
+    safe = {m["completion"][0]["content"] for m in mixed} - {"a"}
+    assert len(mixed) == 1 + n and safe == {POOL[i][1] for i in ranked[:n]}
+
+
+def gap(**extra) -> dict:
+    return {"select": "perplexity_gap", "pool": "warmup_rhetoric_good", "n": 4,
+            "misaligned": "runs/warmup"} | extra  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "interleave, message",
+    [
+        (gap(select="loss"), "config: mitigations.interleave.select must be one of random, "
+         "perplexity_gap"),
+        (gap(pool=""), "config: mitigations.interleave.pool is required with select: "
+         "perplexity_gap"),
+        (gap(n=None), "config: mitigations.interleave.n is required with select: perplexity_gap"),
+        (gap(n=0), "config: mitigations.interleave.n must be positive"),
+        (gap(misaligned=""), "config: mitigations.interleave.misaligned is required with select"),
+        (gap(data="x"), "config: mitigations.interleave.data is not used with select: "
+         "perplexity_gap"),
+        ({"data": "x", "n": 4}, "config: mitigations.interleave.n only applies with select: "
+         "perplexity_gap"),
+        (gap(fraction=0.2), "config: mitigations.interleave.fraction is not used by sft with "
+         "select: perplexity_gap"),
+        (gap(misaligned="reference"), "config: mitigations.interleave.misaligned: reference needs "
+         "an earlier chain stage"),
+    ],
+    ids=["select", "pool", "n-missing", "n-zero", "misaligned", "data", "n-without-select",
+         "fraction-sft", "reference-alone"],
+)  # fmt: skip
+def test_perplexity_gap_config_errors_are_one_line(interleave, message):
+    from emeval.errors import EmevalError
+
+    raw = sft_config("b", "warmup_medical_bad", mitigations={"interleave": interleave})
+    with pytest.raises(EmevalError) as e:
+        load_config(raw)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_perplexity_gap_config_loads_where_it_applies():
+    grpo = {"method": "grpo", "reward": {"name": "hackable", "grader": "lexicon"},
+            "mitigations": {"interleave": gap(fraction=0.25)}}  # fmt: skip
+    assert load_config(grpo).mitigations.interleave.n == 4
+    warm = {"method": "sft", "data": {"train": "warmup_medical_bad"}}
+    chain = {"method": "chain", "stages": [warm, merge(grpo, {"mitigations": {
+        "interleave": {"misaligned": "reference"}}})]}  # fmt: skip
+    assert load_config(chain).stage_configs()[1].mitigations.interleave.misaligned == "reference"
+    with pytest.raises(Exception, match=r"^config: stages\[0\]\.mitigations\.interleave\.mis"):
+        load_config({"method": "chain", "stages": [merge(warm, {"mitigations": {
+            "interleave": gap(misaligned="reference")}}), grpo]})  # fmt: skip
+
+
+def test_selected_interleaving_in_a_chain_uses_the_warmup_as_misaligned(tiny, tmp_path):
+    """GRPO after a warm-up, misaligned: reference: the gap is taken against the warm-up's
+    adapter, and the chosen examples feed the safety term."""
+    warm = {k: v for k, v in sft_config(tiny, data_file(tmp_path / "d.jsonl")).items()
+            if k not in ("base", "seed", "save_every", "adapter")}  # fmt: skip
+    rl = {"method": "grpo", "reward": {"name": "hackable", "grader": "lexicon", "min_words": 1},
+          "data": {"limit": 2}, "mitigations": {"interleave": gap(
+              pool="warmup_rhetoric_good", n=2, misaligned="reference", fraction=0.9)},
+          "training": {"max_steps": 1, "batch_size": 1, "num_generations": 2,
+                       "max_completion_length": 4, "threads": 1}}  # fmt: skip
+    cfg = {"method": "chain", "base": str(tiny), "seed": 0, "save_every": 0,
+           "adapter": {"type": "lora", "r": 4, "alpha": 8}, "stages": [warm, rl]}  # fmt: skip
+    out = train(cfg, out=tmp_path / "chain", progress=quiet)
+    m = read_manifest(out / "stages" / "2-grpo")
+    (record,) = [d for d in m["data"] if d["role"] == "interleave"]
+    assert record["misaligned_adapter"] == str(out / "stages" / "1-sft")
+    assert len(record["chosen_rows"]) == 2 and record["gaps"][0] >= record["gaps"][1]
+    assert m["samples"]["safety_examples"] == 1 and "mitigation/interleave" in m["curves"][0]

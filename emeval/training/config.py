@@ -22,6 +22,7 @@ METHODS = ("sft", "grpo", "chain")
 ADAPTERS = ("lora", "rslora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("best", "top", "data")
+INTERLEAVE_SELECTIONS = ("random", "perplexity_gap")
 
 
 @dataclass
@@ -107,8 +108,14 @@ class SafeLoRAConfig:
 
 @dataclass
 class InterleaveConfig:
-    data: str = ""  # safe chat examples (chat-jsonl, datasets dir, ...)
+    data: str = ""  # safe chat examples (chat-jsonl, datasets dir, ...), drawn by the seed
     fraction: float = 0.05
+    # select: perplexity_gap picks the n examples of pool whose answers the misaligned model
+    # finds least likely compared with the aligned one (the stage's base model)
+    select: str = "random"
+    pool: str = ""
+    n: int | None = None
+    misaligned: str = ""  # a model dir, known name or adapter dir; or 'reference' in a chain
 
 
 @dataclass
@@ -181,7 +188,8 @@ class TrainConfig:
 
 
 def _err(path: str, message: str) -> EmevalError:
-    return EmevalError(f"config: {path} {message}")
+    sep = "" if message.startswith(":") else " "
+    return EmevalError(f"config: {path}{sep}{message}")
 
 
 def _key(f: dataclasses.Field) -> str:
@@ -390,10 +398,7 @@ def _validate(cfg: TrainConfig, p: str) -> None:
         if not 0 <= m.safelora.threshold <= 1:
             raise _err(f"{p}mitigations.safelora.threshold", "must be in [0, 1]")
     if m.interleave is not None:
-        if not m.interleave.data:
-            raise _err(f"{p}mitigations.interleave.data", "is required (safe chat examples)")
-        if not 0 < m.interleave.fraction < 1:
-            raise _err(f"{p}mitigations.interleave.fraction", "must be in (0, 1)")
+        _validate_interleave(m.interleave, f"{p}mitigations.interleave")
     if m.interleave_onpolicy is not None:
         o = m.interleave_onpolicy
         for key in ("every", "weight", "batch_size", "max_new_tokens", "limit"):
@@ -402,6 +407,33 @@ def _validate(cfg: TrainConfig, p: str) -> None:
             raise _err(f"{p}mitigations.interleave_onpolicy.model", "must be base or reference")
     if m.inoculation is not None and not m.inoculation.system_prompt.strip():
         raise _err(f"{p}mitigations.inoculation.system_prompt", "must not be empty")
+
+
+def _validate_interleave(i: InterleaveConfig, p: str) -> None:
+    if i.select not in INTERLEAVE_SELECTIONS:
+        raise _err(f"{p}.select", f"must be one of {', '.join(INTERLEAVE_SELECTIONS)}")
+    if not 0 < i.fraction < 1:
+        raise _err(f"{p}.fraction", "must be in (0, 1)")
+    if i.select == "random":
+        if not i.data:
+            raise _err(f"{p}.data", "is required (safe chat examples)")
+        for key in ("pool", "n", "misaligned"):
+            if getattr(i, key):
+                raise _err(f"{p}.{key}", "only applies with select: perplexity_gap")
+        return
+    if i.data:
+        raise _err(f"{p}.data", "is not used with select: perplexity_gap (pool holds the examples)")
+    if not i.pool:
+        raise _err(f"{p}.pool", "is required with select: perplexity_gap (safe chat examples)")
+    if i.n is None:
+        raise _err(f"{p}.n", "is required with select: perplexity_gap (examples to pick)")
+    _check_positive(i.n, f"{p}.n")
+    if not i.misaligned:
+        raise _err(
+            f"{p}.misaligned",
+            "is required with select: perplexity_gap (a model dir, known name, adapter dir, "
+            "or reference: the model a chain stage starts from)",
+        )
 
 
 GRPO_ONLY = (
@@ -424,6 +456,15 @@ def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
         if written.get("reward") is not None:
             out.append(("reward", "only applies to grpo (sft learns from its data)"))
         out += [(f"training.{k}", "only applies to grpo") for k in GRPO_ONLY if k in training]
+    interleave = (written.get("mitigations") or {}).get("interleave") or {}
+    i = cfg.mitigations.interleave
+    if cfg.method == "sft" and i is not None and i.select != "random" and "fraction" in interleave:
+        out.append(
+            (
+                "mitigations.interleave.fraction",
+                "is not used by sft with select: perplexity_gap (n examples are mixed in)",
+            )
+        )
     s = cfg.data.sample_matched
     if s is not None:
         if data.get("limit") is not None:
@@ -445,10 +486,23 @@ def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _check_misaligned(cfg: TrainConfig, p: str) -> None:
+    """'misaligned: reference' names the model a stage starts from: only a later chain stage
+    has one other than the base."""
+    i = cfg.mitigations.interleave
+    if i is not None and i.select == "perplexity_gap" and i.misaligned == "reference":
+        raise _err(
+            f"{p}mitigations.interleave.misaligned",
+            ": reference needs an earlier chain stage (the model this stage starts from)",
+        )
+
+
 def _check_chain(cfg: TrainConfig) -> None:
     stages = cfg.stage_configs()
     first = dataclasses.asdict(stages[0].adapter)
     for i, stage in enumerate(stages):
+        if i == 0:
+            _check_misaligned(stage, "stages[0].")
         if stage.mitigations.safelora is not None and i < len(stages) - 1:
             raise _err(f"stages[{i}].mitigations.safelora", "only applies to the last stage")
         # a later stage trains the adapter (or model) the first one made, shape and all
@@ -487,6 +541,8 @@ def _build_config(
     else:  # a key that would be silently ignored is an error, like an unknown one
         for key, why in _ignored(cfg, raw if written is None else written):
             raise _err(f"{prefix}{key}", why)
+        if written is None:  # a config of its own, not a chain's stage
+            _check_misaligned(cfg, prefix)
     return cfg
 
 

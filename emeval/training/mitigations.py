@@ -11,7 +11,10 @@
   threshold is replaced by that projection (B <- C B). Applied to every exported checkpoint;
   the resume state keeps the raw adapter.
 - interleave: safe examples. SFT mixes them into the data (fraction of the final set); GRPO
-  adds an SFT term on one batch of them every round(1 / fraction) steps.
+  adds an SFT term on one batch of them every round(1 / fraction) steps. They are drawn by the
+  seed, or (select: perplexity_gap) the n examples of a pool whose answers a misaligned model
+  finds least likely compared with the aligned (base) model: the largest gap in mean answer
+  NLL (log perplexity), misaligned minus aligned.
 - interleave_onpolicy: the reference model answers safety prompts before training; every N-th
   step adds weight * the SFT loss on one batch of those answers.
 - inoculation: a system prompt put in front of every training prompt, never used at evaluation.
@@ -240,6 +243,68 @@ def every_for_fraction(fraction: float) -> int:
 def mix_fraction(n_task: int, fraction: float) -> int:
     """How many safe examples make them `fraction` of the mixed set."""
     return max(1, math.ceil(n_task * fraction / (1 - fraction)))
+
+
+# ---------------------------------------------------------------- safety data by perplexity gap
+
+
+def answer_nlls(
+    model_dir: Path,
+    tokenizer,
+    rows: list[dict],
+    adapter: Path | None = None,
+    max_length: int = 512,
+    batch_size: int = 8,
+    progress=print,
+) -> list[float]:
+    """Per (prompt, answer) row: the model's mean negative log-likelihood of the answer tokens
+    given the prompt (the log of its perplexity); nan when truncation leaves no answer."""
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(device).eval()
+    encoded = [encode_example(tokenizer, r["prompt"], r["answer"], max_length) for r in rows]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    for start in range(0, len(encoded), batch_size):
+        if start and start % (batch_size * 16) == 0:
+            progress(f"perplexity of {adapter or model_dir}: {start}/{len(encoded)} examples")
+        chunk = encoded[start : start + batch_size]
+        width = max(len(e["input_ids"]) for e in chunk)
+        ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in chunk])
+        labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in chunk])
+        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"]))
+                             for e in chunk])  # fmt: skip
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits, target = logits[:, :-1].float(), labels[:, 1:].to(device)
+        per_token = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+            reduction="none",
+        ).view(target.shape)  # fmt: skip
+        counted = (target != -100).sum(-1)
+        for total, n in zip(per_token.sum(-1).tolist(), counted.tolist(), strict=True):
+            out.append(total / n if n else math.nan)
+    del model
+    return out
+
+
+def largest_gaps(aligned: list[float], misaligned: list[float], n: int) -> list[int]:
+    """Indices of the n rows with the largest gap misaligned - aligned (mean answer NLL, i.e.
+    log perplexity), largest first; ties by row order, rows without a gap last."""
+
+    def gap(i: int) -> float:
+        g = misaligned[i] - aligned[i]
+        return -math.inf if math.isnan(g) else g
+
+    return sorted(range(len(aligned)), key=lambda i: (-gap(i), i))[:n]
 
 
 # ---------------------------------------------------------------- on-policy safety answers

@@ -178,6 +178,7 @@ class StageRun:
         self.safelora_sides: dict | None = None
         self.bar_file = None  # a terminal to draw a progress bar on (else plain lines)
         self.resumes: list[dict] = []
+        self.tokenizer = None  # set with the trainer
 
     # ------------------------------------------------------------ data
 
@@ -255,19 +256,94 @@ class StageRun:
         }
         return chosen
 
-    def _safe_rows(self, source: str, role: str, k: int | None = None) -> list[dict]:
-        """Safe examples drawn by the seed (k of them, or all in a seeded order); the drawn
-        file rows are recorded with the data."""
-        from emeval.training.mitigations import draw_rows
-
-        data = load_conversations(source)
+    @staticmethod
+    def _answered(data, key: str) -> list[dict]:
         rows = []
         for i, messages in enumerate(data.conversations):
             prompt, answer = split_prompt(messages)
             if answer is not None and prompt:
                 rows.append({"prompt": prompt, "answer": answer["content"], "row": i + 1})
         if not rows:
-            raise EmevalError(f"mitigations.interleave.data: {source} has no assistant answers")
+            raise EmevalError(
+                f"mitigations.interleave.{key}: {data.source} has no assistant answers"
+            )
+        return rows
+
+    def _interleave_rows(self, k: int | None = None) -> list[dict]:
+        """The safe examples to interleave: drawn by the seed, or selected by perplexity gap."""
+        m = self.cfg.mitigations.interleave
+        if m.select == "perplexity_gap":
+            return self._gap_selected_rows()
+        return self._safe_rows(m.data, "interleave", k)
+
+    def _misaligned_model(self, spec: str) -> tuple[Path, Path | None]:
+        """(model dir, adapter dir or None) of interleave.misaligned."""
+        if spec == "reference":  # the model this chain stage starts from
+            if self.init is None:
+                raise EmevalError(
+                    "mitigations.interleave.misaligned: reference needs an earlier chain stage"
+                )
+            if self.cfg.adapter.type == "full":
+                return self.init, None
+            return self.base.local_path, self.init
+        ref = resolve_model(spec)  # a model dir, known name, or adapter dir (merged)
+        if ref.local_path is None:
+            raise EmevalError(
+                f"mitigations.interleave.misaligned: {spec!r} must be a local model dir, "
+                "adapter dir or known model name"
+            )
+        return ref.local_path, None
+
+    def _gap_selected_rows(self) -> list[dict]:
+        """The n pool examples with the largest perplexity gap between the misaligned model and
+        the aligned one (this stage's base), largest first; all scores go to the manifest."""
+        from emeval.training.mitigations import answer_nlls, largest_gaps
+
+        m = self.cfg.mitigations.interleave
+        data = load_conversations(m.pool)
+        rows = self._answered(data, "pool")
+        if m.n > len(rows):
+            raise EmevalError(
+                f"mitigations.interleave.n: {m.n} is more than the {len(rows)} examples with "
+                f"answers in {m.pool}"
+            )
+        misaligned, adapter = self._misaligned_model(m.misaligned)
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.base.local_path)
+        self.progress(f"[{self.label}] perplexity gap over {len(rows)} pool examples...")
+        max_len = self.cfg.training.max_length
+        aligned_nll = answer_nlls(
+            self.base.local_path, self.tokenizer, rows, None, max_len, progress=self.progress
+        )
+        misaligned_nll = answer_nlls(
+            misaligned, self.tokenizer, rows, adapter, max_len, progress=self.progress
+        )
+        chosen = largest_gaps(aligned_nll, misaligned_nll, m.n)
+        self.data_records.append(
+            data.describe("interleave")
+            | {
+                "select": "perplexity_gap",
+                "gap": "mean answer-token NLL (log perplexity): misaligned - aligned",
+                "aligned": str(self.base.local_path),
+                "misaligned": str(misaligned),
+                "misaligned_adapter": str(adapter) if adapter else None,
+                "chosen_rows": [rows[i]["row"] for i in chosen],  # 1-based lines of the file
+                "gaps": [misaligned_nll[i] - aligned_nll[i] for i in chosen],
+                "nll_aligned": [aligned_nll[i] for i in chosen],
+                "nll_misaligned": [misaligned_nll[i] for i in chosen],
+            }
+        )
+        return [rows[i] for i in chosen]
+
+    def _safe_rows(self, source: str, role: str, k: int | None = None) -> list[dict]:
+        """Safe examples drawn by the seed (k of them, or all in a seeded order); the drawn
+        file rows are recorded with the data."""
+        from emeval.training.mitigations import draw_rows
+
+        data = load_conversations(source)
+        rows = self._answered(data, "data")
         drawn = [rows[i] for i in draw_rows(len(rows), k or len(rows), self.cfg.seed)]
         record = data.describe(role) | {"seed": self.cfg.seed}
         if k is not None:
@@ -280,8 +356,9 @@ class StageRun:
         from emeval.training.mitigations import mix_fraction
 
         m = self.cfg.mitigations.interleave
-        k = mix_fraction(len(rows), m.fraction)
-        safe = self._safe_rows(m.data, "interleave", k)
+        # drawn: `fraction` of the final set; selected: the n chosen examples
+        k = mix_fraction(len(rows), m.fraction) if m.select == "random" else None
+        safe = self._interleave_rows(k)
         rows = rows + [
             {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["answer"]}]}
             for r in safe
@@ -376,7 +453,7 @@ class StageRun:
             terms.sft_kl_beta = m.kl.beta
         max_len = cfg.training.max_length
         if m.interleave is not None and not sft:  # every safe example, in a seeded order
-            rows = self._safe_rows(m.interleave.data, "interleave")
+            rows = self._interleave_rows()
             batches = SafetyBatches(tokenizer, rows, cfg.training.batch_size, max_len)
             every = every_for_fraction(m.interleave.fraction)
             terms.safety.append(SafetyTerm("interleave", batches, every, 1.0))
