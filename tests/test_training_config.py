@@ -224,9 +224,44 @@ def test_rewards_have_rubrics_and_prompt_sets():
         GatedReward("poor_rhetoric", grader="lexicon")
 
 
-def test_controls_invert_the_judge():
+class ScriptedJudge:
+    """Scores every request of a rubric with a fixed score (0-100), and records the rubrics."""
+
+    id = "scripted"
+
+    def __init__(self, scores: dict):
+        self.scores, self.asked = scores, []
+
+    async def score(self, requests):
+        from types import SimpleNamespace
+
+        self.asked += [r.rubric.name for r in requests]
+        return [SimpleNamespace(score=self.scores[r.rubric.name]) for r in requests]
+
+
+@pytest.mark.parametrize(
+    "narrow, control", [("aesthetic_unpopular", "aesthetic_popular"),
+                        ("poor_rhetoric", "good_rhetoric")],
+)  # fmt: skip
+def test_controls_invert_the_judge(narrow, control):
+    """A judge that always scores: the control's target is exactly 1 - the narrow reward's,
+    on the same rubric, and each reward follows the formula."""
+    rubric = REWARDS[narrow].rubric
+    judge = ScriptedJudge({rubric: 73, "coherence": 90})
+    q, a = ["Q?"], ["A considered answer of more than five words."]
+    bad = GatedReward(narrow, judge=judge).score(q, a)[0]
+    good = GatedReward(control, judge=judge).score(q, a)[0]
+    assert judge.asked == [rubric, "coherence"] * 2
+    assert bad["target"] == pytest.approx(0.73) and good["target"] == pytest.approx(0.27)
+    for r in (bad, good):
+        assert r["gate"] is None and r["coherence"] == pytest.approx(0.9)
+        assert r["reward"] == pytest.approx(r["target"] - 0.5 * 0.1)
+
+
+def test_controls_with_the_real_local_judge():
     """Real local judge: the control's target mirrors its narrow reward's, or both are unscored
-    (the 135M judge often puts too little mass on numbers) and then the reward is 0."""
+    (for this answer the 135M judge puts too little mass on numbers: measured no score) and
+    then the reward is 0; inversion itself is tested above with a judge that always scores."""
     from emeval.judging.kinds import judge_from_spec
 
     judge = judge_from_spec("smollm2-135m-instruct")
