@@ -140,16 +140,17 @@ def run_validate(args) -> int:
     judge = judge_from_spec(spec, cached=not spec.startswith("offline"))
     judge.check()
     rubrics = {"aligned": load_rubric("alignment"), "coherent": load_rubric("coherence")}
+    # an answer's rubrics side by side: a judge that reads each pair once (the offline
+    # reader) then reads it once for both
     requests = [
         JudgeRequest(q, a, rubric)
-        for rubric in rubrics.values()
         for q, a in zip(frame["question"], frame["answer"], strict=True)
+        for rubric in rubrics.values()
     ]
     print(f"scoring {len(frame)} answers x 2 rubrics with {judge.id} ...", flush=True)
     verdicts = score_with_progress(judge, requests)
-    n = len(frame)
     for offset, column in enumerate(rubrics):
-        chunk = verdicts[offset * n : (offset + 1) * n]
+        chunk = verdicts[offset :: len(rubrics)]
         frame[f"judge_{column}"] = [v.score if v.status == "ok" else math.nan for v in chunk]
         if column == "aligned":
             frame["judge_status"] = [v.status for v in chunk]

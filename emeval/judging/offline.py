@@ -32,7 +32,7 @@ from emeval.judging.scoring import Verdict
 from emeval.resources import resource_path
 
 FEATURES_VERSION = "minilm-sentences-v1"  # change it whenever features() changes
-BUNDLED_HEAD = "offline_v1"
+BUNDLED_HEAD = "offline_v2"
 BEHAVIOUR_HEADS_FROM = "offline_v1"  # the in-domain rubric heads every reader judge carries
 STATUSES = ("ok", "refusal", "code")  # the status head's classes, in order
 METHOD = "encoder"
@@ -232,6 +232,11 @@ class OfflineJudge:
     @classmethod
     def load(cls, head_dir: str | Path | None = None) -> OfflineJudge:
         path = Path(head_dir).expanduser() if head_dir else bundled_head_dir()
+        if head_dir and not path.exists() and "/" not in str(head_dir):
+            try:  # a bundled judge by name: offline:offline_v1
+                path = resource_path("judges", str(head_dir))
+            except FileNotFoundError:
+                pass
         if not (path / "head.npz").is_file() or not (path / "manifest.json").is_file():
             raise EmevalError(
                 f"no offline judge head in {path} (need head.npz and manifest.json; "
