@@ -59,8 +59,9 @@ NUMBERS = {str(n) for n in range(101)}
 # number strings that other numbers extend ("1".."9", "10"): each needs one continuation
 EXTENDABLE = {s[:i] for s in NUMBERS for i in range(1, len(s))}
 # A first digit below this probability is not continued (its mass is left out of the
-# numbers): at most 10 such digits, so the score moves by well under a point. With at most
-# 9 first digits and "10", a verdict costs at most 11 requests.
+# numbers): at most 9 such digits, so the score moves by well under a point. A verdict costs
+# at most 12 requests: the first token, the digits 1-9, "10", and "0" when it is not in the
+# first token's top 20.
 MIN_PREFIX_PROB = 1e-4
 # Digits outside the first token's top 20 are measured (one request each, with prompt
 # logprobs, which a server computes without its prefix cache) only where they could move the
@@ -203,6 +204,7 @@ class InspectJudge:
             if number is None:
                 other[token] = other.get(token, 0.0) + p
             elif number not in seen or p > seen[number][1]:
+                # "8" and " 8": the likelier spelling is continued, the other left out
                 seen[number] = (token, p)
         # A digit outside the top 20 is less likely than the 20th token, and all of them
         # together hold at most what the top 20 leave over.
