@@ -289,7 +289,7 @@ def _child_main(conn, grid: Grid, out: Path, job: str, cell: Cell | None) -> Non
         fields = experiment._baseline_work() if job == "baseline" else experiment._cell_work(cell)
         conn.send(("done", fields))
     except KeyboardInterrupt:
-        # Ctrl-C reached the whole process group; the parent says it in one line
+        # Ctrl-C (the terminal's, or forwarded by the parent), which says it in one line
         sys.exit(130)
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent as text
         conn.send(("failed", type(e).__name__, _first_line(e), _traceback_text(e)))

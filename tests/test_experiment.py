@@ -240,8 +240,19 @@ def _held_grid(tmp_path: Path):
     children = [
         int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     ]
-    assert children, "the evaluation should run in a child process"
-    return command, proc, children, logs_dir
+    # the cell's process, beside multiprocessing's resource tracker
+    cells = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(cells) == 1, "the evaluation should run in a child process"
+    return command, proc, children, cells[0], logs_dir
+
+
+def _all_gone(pids: list[int], within: float = 60) -> bool:
+    """Whether every process has ended (the resource tracker ends on its own once the parent
+    has: it reads the parent's end of a pipe)."""
+    deadline = time.time() + within
+    while any(_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.5)
+    return not any(_alive(pid) for pid in pids)
 
 
 def _status(out: Path) -> dict:
@@ -257,7 +268,7 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path, to):
     whole process group; a signal sent to the parent alone reaches the child too."""
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    command, proc, children, logs_dir = _held_grid(tmp_path)
+    command, proc, children, cell, logs_dir = _held_grid(tmp_path)
     if to == "group":
         os.killpg(proc.pid, signal.SIGINT)
     else:
@@ -268,7 +279,8 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path, to):
         "emeval: interrupted; run the same command again to resume"
     )
     assert "Traceback" not in err
-    assert not any(_alive(pid) for pid in children)
+    assert not _alive(cell)  # the parent waited for it
+    assert _all_gone(children)
     out = tmp_path / "out"
     assert _status(out).get("base", {}).get("state") != "done"
     first_log = read_eval_log(list_eval_logs(str(logs_dir))[0])
@@ -296,9 +308,8 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path, to):
 def test_a_killed_cell_process_fails_that_cell_and_the_grid_goes_on(tmp_path):
     """The kernel's out-of-memory killer ends a cell's process with SIGKILL: the cell fails in
     one line, the parent lives on to the next cell."""
-    _, proc, children, _ = _held_grid(tmp_path)
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
+    _, proc, children, cell, _ = _held_grid(tmp_path)
+    os.kill(cell, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-2000:]
     assert "base: FAILED (the cell's process was killed by SIGKILL (out of memory?))" in err
@@ -309,3 +320,4 @@ def test_a_killed_cell_process_fails_that_cell_and_the_grid_goes_on(tmp_path):
         "error": "EmevalError: the cell's process was killed by SIGKILL (out of memory?)",
     }
     assert status["sft-aesthetic_unpopular-broken-s0"]["state"] == "failed"  # the next cell
+    assert _all_gone(children)
