@@ -1,3 +1,4 @@
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -41,3 +42,14 @@ def copy_model(source: Path, target: Path) -> Path:
 
     shutil.copytree(source, target, copy_function=link_weights)
     return target
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """base with extra laid over it, nested dicts merged key by key (test configs)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -3,12 +3,12 @@ pipeline on tiny Llama models built here from random weights (with the embedded 
 tokenizer; nothing is downloaded), and compare against quantities computed by hand."""
 
 import contextlib
-import copy
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import merge
 
 from emeval.models import pull, resolve_model
 from emeval.training import train
@@ -22,16 +22,6 @@ HIDDEN = 32
 
 def quiet(_line):
     pass
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def tokenizer():

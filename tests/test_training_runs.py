@@ -4,7 +4,6 @@ x 2 completions x 16 tokens), each mitigation, chains, resume, sample matching, 
 Runs are shared through module fixtures; a GRPO step takes about 5-15 s on 2 CPU cores.
 """
 
-import copy
 import json
 import math
 import re
@@ -12,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import merge
 from safetensors.torch import load_file
 
 from emeval.cli import main
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.slow
 BASE = "smollm2-135m-instruct"
 TINY = {"max_steps": 2, "batch_size": 2, "num_generations": 2, "max_completion_length": 16,
         "learning_rate": 1e-3, "threads": 1}  # fmt: skip
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 GRPO = {

@@ -1,7 +1,6 @@
 """Issue 13: training runs that cannot look right and be wrong. Real runs on the embedded
 SmolLM2-135M, kept to one or two steps on a few rows; checks that need no model are cheap."""
 
-import copy
 import json
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import merge
 
 from emeval.errors import EmevalError
 from emeval.training import train
@@ -23,16 +23,6 @@ SFT = {
     "adapter": {"type": "lora", "r": 4, "alpha": 8},
     "training": {"max_steps": 1, "batch_size": 2, "learning_rate": 1e-3, "threads": 1},
 }  # fmt: skip
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def quiet(_line):
