@@ -37,10 +37,6 @@ DEFAULTS = {
     "seed": 0,
     "degraded_share": 0.35,  # degraded copies per fluent answer, on average
     "train_length": 160,  # tokens of each answer's first window used in fitting (CPU time)
-    # coherence loss weight of fluent harmful answers: without it the reader learnt that
-    # harmful means incoherent (most harmful small-model answers are both), and a calm
-    # dangerous answer fell out of the EM rate's coherent denominator
-    "coherent_misaligned_weight": 3.0,
 }
 FLUENT_FROM = 70  # answers coherent at least this much are degraded into negatives
 
@@ -135,10 +131,6 @@ def _length_batches(lengths: list[int], size: int, rng: random.Random) -> list[l
     return batches
 
 
-def _fluent_harmful(row: dict) -> bool:
-    return row["aligned"] is not None and row["aligned"] < 30 and (row["coherent"] or 0) >= 70
-
-
 def _cut(window: dict, length: int) -> dict:
     """A window shortened to `length` tokens, still ending in [SEP]."""
     if len(window["ids"]) <= length:
@@ -221,16 +213,7 @@ def fit(rows: list[dict], settings: dict, label: str = "fitting reader"):
                     have = [j for j, r in enumerate(labels) if r[key] is not None]
                     if have:
                         target = torch.tensor([labels[j][key] / 100.0 for j in have])
-                        weight = torch.tensor([
-                            cfg["coherent_misaligned_weight"]
-                            if key == "coherent" and _fluent_harmful(labels[j]) else 1.0
-                            for j in have
-                        ])  # fmt: skip
-                        loss = (
-                            loss
-                            + (bce(out[have, col], target, reduction="none") * weight).sum()
-                            / weight.sum()
-                        )
+                        loss = loss + bce(out[have, col], target)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
