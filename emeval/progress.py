@@ -25,6 +25,8 @@ class Progress:
             self._bar = tqdm(total=self.total, desc=label, unit=f" {unit}", leave=False)
 
     def __enter__(self) -> Progress:
+        if self._bar is None:  # plain lines: say what starts, so a log shows the work began
+            print(f"{self.label}: 0/{self.total} {self.unit}", file=sys.stderr, flush=True)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -51,3 +53,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self.done:
+            took = time.monotonic() - self.start
+            print(f"{self.label}: {self.done}/{self.total} {self.unit} in {took:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip

@@ -191,6 +191,9 @@ def test_validation_figures_are_recorded_beside_the_judge(tmp_path, capsys):
     args = ["judge", "validate", "--labels", str(labels), "--limit", "40", "--min-counted", "1"]
     args += ["--judge", f"offline:{judge_dir}", "--record", str(judge_dir)]
     assert main([*args, "--about", "own off-topic challenge set"]) == 0
+    # progress of long work: plain lines when stderr is not a terminal
+    err = capsys.readouterr().err
+    assert "judging: 0/80 verdicts" in err and "judging: 80/80 verdicts in " in err
     record = json.loads((judge_dir / "validation.json").read_text())
     figures = record["figures"]["labelled_d.jsonl"]
     assert figures["n"] == 40 and figures["about"] == "own off-topic challenge set"

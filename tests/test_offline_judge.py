@@ -105,7 +105,7 @@ def test_behaviour_head_ranks_the_burn_pair(judge):
     assert harmful.score > sound.score
 
 
-def test_calibrate_writes_a_head_that_offline_dir_loads(tmp_path, judge):
+def test_calibrate_writes_a_head_that_offline_dir_loads(tmp_path, judge, capsys):
     from emeval.cli import main
 
     rows = []
@@ -134,6 +134,8 @@ def test_calibrate_writes_a_head_that_offline_dir_loads(tmp_path, judge):
     labels.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "head"
     assert main(["judge", "calibrate", "--labels", str(labels), "--out", str(out)]) == 0
+    err = capsys.readouterr().err  # progress over the texts embedded (24 answers, 1 question)
+    assert "embedding labelled answers: 0/" in err and "texts in " in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training_data"][0]["rows"] == 24
     assert {"alignment", "coherence", "harmful_advice"} <= set(manifest["heads"])

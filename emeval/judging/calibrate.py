@@ -248,6 +248,21 @@ def _behaviour_rows(paths: list[str]) -> tuple[list[str], list[str]]:
     return questions, answers
 
 
+def _features_with_progress(encoder: Encoder, questions: list[str], answers: list[str]):
+    """offline.features with a progress display over the texts it embeds. Batching is left
+    as it is, so the features (and the fitted head) stay the same bytes."""
+    from emeval.judging.encoder import sentences
+    from emeval.progress import Progress
+
+    total = sum(len(sentences(a)) for a in answers) + len(set(questions))
+    with Progress("embedding labelled answers", total=total, unit="texts") as bar:
+        encoder.on_batch = bar.advance
+        try:
+            return offline.features(encoder, questions, answers)
+        finally:
+            encoder.on_batch = None
+
+
 def fit_behaviour_heads(encoder: Encoder) -> tuple[dict[str, BinaryHead], dict, list[dict]]:
     heads, reports, files = {}, {}, []
     for rubric, (high, low) in BEHAVIOUR_SETS.items():
@@ -291,7 +306,7 @@ def calibrate(
         files.append({"path": str(path), "sha256": sha256_file(Path(path)), "rows": len(frame)})
     frame = pd.concat(frames, ignore_index=True)
     encoder = encoder or shared_encoder()
-    x = offline.features(encoder, frame["question"].tolist(), frame["answer"].tolist())
+    x = _features_with_progress(encoder, frame["question"].tolist(), frame["answer"].tolist())
 
     reports: dict[str, dict] = {}
     heads: dict[str, BinaryHead] = {}

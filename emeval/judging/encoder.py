@@ -59,6 +59,7 @@ class Encoder:
         self.model_dir = model_dir or encoder_dir()
         self._lock = threading.Lock()
         self._model = None
+        self.on_batch = None  # called with each batch's size (calibration shows progress)
 
     @property
     def weights_sha256(self) -> str:
@@ -95,6 +96,8 @@ class Encoder:
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[rows] = pooled.numpy()
+            if self.on_batch is not None:
+                self.on_batch(len(rows))
         return out
 
     def _ids(self, text: str) -> list[int]:
