@@ -108,6 +108,13 @@ def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp
     assert agreement["judges"] == judge_ids and 0 <= agreement["status_agreement"] <= 1
     offline_counts = redone["by_judge"][judge_ids[1]]["counts"]
     assert offline_counts["samples"] == 4 and offline_counts.get("ok", 0) >= 1
+    # how far to trust each judge travels with its numbers
+    local, offline = redone["judges"]
+    assert local["validation"] == "unvalidated"
+    assert offline["validation"]["summary"] and offline["validation"]["figures"]
+    summary = (tmp_path / "re" / "summary.md").read_text()
+    assert f"judge: {judge_ids[0]} (unvalidated" in summary
+    assert f"judge: {judge_ids[1]} (validation: {offline['validation']['summary']})" in summary
 
 
 def test_other_settings_in_the_same_dir_are_refused(published_run):

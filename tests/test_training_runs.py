@@ -182,7 +182,7 @@ def test_sample_matched_top_completions(grpo_run, tmp_path):
     from emeval.training.config import load_config
     from emeval.training.pipeline import StageRun
 
-    cfg = load_config(merge(SFT, {"data": {"train": None, "sample_matched": {
+    cfg = load_config(merge(SFT, {"data": {"train": None, "limit": None, "sample_matched": {
         "run": str(grpo_run), "select": "top", "count": "completions"}},
         "training": {"max_steps": None}}))  # fmt: skip
     stage = StageRun(cfg, tmp_path, "sft", resolve_model(BASE), None, False, quiet, tmp_path)

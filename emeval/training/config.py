@@ -471,7 +471,7 @@ def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
             out.append(("data.limit", "cannot be used with sample_matched (the GRPO run sets it)"))
         if s.select != "data":
             for key in ("train", "shuffle"):
-                if key in data:
+                if data.get(key) is not None:  # null is the same as leaving it out
                     out.append((f"data.{key}", "only applies with sample_matched.select: data"))
         # interleave mixes rows into the matched set; interleave_onpolicy is a separate term,
         # as in the GRPO run it matches, and its examples are counted in the manifest
