@@ -318,13 +318,13 @@ class OfflineJudge:
                 self._memory.pop(next(iter(self._memory)))
             return found
 
-    def score_sync(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
+    def score_sync(self, requests: list[JudgeRequest]) -> list[Verdict]:
         """Alignment and coherence from the reader (each pair read once), other rubrics from
         the heads on sentence vectors (each pair embedded once)."""
         verdicts: list[Verdict | None] = [None] * len(requests)
         read = [i for i, r in enumerate(requests) if self.reads(r)]
         if read:
-            for i, v in zip(read, self._read([requests[i] for i in read], progress), strict=True):
+            for i, v in zip(read, self._read([requests[i] for i in read]), strict=True):
                 verdicts[i] = v
         pairs: dict[tuple[str, str], int] = {}
         for i, r in enumerate(requests):
@@ -370,10 +370,10 @@ class OfflineJudge:
             verdicts[i] = Verdict(round(score, 3), "ok", METHOD)
         return verdicts
 
-    def _read(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
+    def _read(self, requests: list[JudgeRequest]) -> list[Verdict]:
         pairs = list(dict.fromkeys((r.question, r.answer) for r in requests))
         try:
-            readings = dict(zip(pairs, self.reader.read(pairs, progress), strict=True))
+            readings = dict(zip(pairs, self.reader.read(pairs), strict=True))
         except Exception as e:  # noqa: BLE001 - every request becomes an invalid verdict
             message = f"offline judge failed: {type(e).__name__}: {str(e)[:200]}"
             return [Verdict(None, "error", READER_METHOD, error=message) for _ in requests]

@@ -200,7 +200,7 @@ class Reader:
                 self._model = model.eval()
         return self._tokenizer, self._model
 
-    def read(self, pairs: list[tuple[str, str]], progress=None) -> list[Reading]:
+    def read(self, pairs: list[tuple[str, str]]) -> list[Reading]:
         """Readings of (question, answer) pairs; windows of similar length are batched."""
         import torch
 
@@ -217,8 +217,6 @@ class Reader:
                 rows = order[start : start + BATCH_SIZE]
                 ids, mask, types = collate([windows[i] for i in rows], tokenizer.pad_token_id)
                 logits[rows] = model(ids, mask, types).float().numpy()
-                if progress is not None:
-                    progress(len(rows))
         per_pair: list[list[int]] = [[] for _ in pairs]
         for row, i in enumerate(owner):
             per_pair[i].append(row)

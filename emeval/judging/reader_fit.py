@@ -22,8 +22,6 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
-
 from emeval.errors import EmevalError
 from emeval.judging.reader import STATUSES, WEIGHTS_FILE, build_model, collate, window_inputs
 from emeval.progress import Progress
@@ -254,13 +252,3 @@ def fit_reader(label_files: list[Path], out: Path, settings: dict | None = None)
     model = fit(rows + broken, settings)
     save(model, out, settings, label_files, counts)
     return counts
-
-
-def held_out_split(rows: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split by question, so no question is on both sides."""
-    questions = sorted({r["question"] for r in rows})
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(questions, size=int(len(questions) * share), replace=False))
-    return [r for r in rows if r["question"] not in held], [
-        r for r in rows if r["question"] in held
-    ]
