@@ -7,6 +7,7 @@ Local checkpoints may come from anyone, so they are checked before anything load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -118,8 +119,38 @@ def pull(name: str, quiet: bool = False) -> Path:
     target = cache_dir("models") / name
     manifest = target / MANIFEST
     source_sha = sha256_file(source)
-    if manifest.exists() and json.loads(manifest.read_text()).get("source_sha256") == source_sha:
+
+    def converted() -> bool:
+        return (
+            manifest.exists()
+            and json.loads(manifest.read_text()).get("source_sha256") == source_sha
+        )
+
+    if converted():
         return target
+    # one conversion at a time (two ranks or runs starting on an empty cache would otherwise
+    # share one .partial dir and delete each other's files); the next finds it done
+    with _locked(target.with_name(target.name + ".lock")):
+        if converted():
+            return target
+        _convert_known(model, name, source, source_sha, target, quiet)
+    return target
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_known(model, name: str, source: Path, source_sha: str, target: Path, quiet: bool):
     if not quiet:
         print(f"converting {source.name} to safetensors in {target} (once)...", flush=True)
     tmp = target.with_name(target.name + ".partial")
@@ -139,7 +170,6 @@ def pull(name: str, quiet: bool = False) -> Path:
     )
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: a half-converted model is never picked up
-    return target
 
 
 def _convert_gguf(source: Path, out: Path) -> None:

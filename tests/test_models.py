@@ -1,12 +1,13 @@
 """The embedded model and the checks on untrusted checkpoints."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import copy_model
 
 from emeval.errors import EmevalError
-from emeval.models import MANIFEST, resolve_model, sha256_file
+from emeval.models import MANIFEST, resolve_model, sha256_file, weights_sha256
 
 
 def test_embedded_model_is_converted_with_a_manifest(embedded_model_dir):
@@ -127,3 +128,33 @@ def test_sha256_file(tmp_path):
     f = tmp_path / "x"
     f.write_bytes(b"abc")
     assert sha256_file(f).startswith("ba7816bf")
+
+
+def test_two_processes_converting_at_once_both_get_the_model(tmp_path):
+    """Two runs (or two ranks) starting on an empty cache: one converts, the other waits for
+    it; both get a complete model (they shared one .partial dir and deleted each other's
+    files before)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMEVAL_CACHE": str(tmp_path / "cache")}
+    code = "from emeval.models import pull; print(pull('smollm2-135m-instruct'))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+    # one converted; the other waited for it and found the model done (both start within a
+    # second, the conversion takes many)
+    assert sum(out.startswith("converting ") for out, _ in outs) == 1, [o for o, _ in outs]
+    (path,) = {out.strip().splitlines()[-1] for out, _ in outs}
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    assert manifest["weights_sha256"] == weights_sha256(Path(path))  # every weight file whole
