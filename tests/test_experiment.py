@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_for_a_finished_sample
 
 from emeval.cli import main
 from emeval.errors import EmevalError
@@ -202,8 +203,6 @@ def _held_grid(tmp_path: Path):
     then holds the rest (EMEVAL_TEST_HOLD) until a file appears that never does: a signal
     sent then lands with work certainly left, however slow the machine. Returns the command,
     the running parent, its children and the baseline's Inspect log dir."""
-    from inspect_ai.log import list_eval_logs, read_eval_log_sample_summaries
-
     grid = write_grid(
         tmp_path / "g.yaml",
         seeds=[0],
@@ -227,15 +226,7 @@ def _held_grid(tmp_path: Path):
         start_new_session=True,  # its own process group, as a terminal gives a command
     )
     logs_dir = out / "eval" / "base" / "general" / "logs"
-    deadline = time.time() + 600
-    done_before = []
-    while time.time() < deadline and proc.poll() is None:
-        logs = list_eval_logs(str(logs_dir)) if logs_dir.exists() else []
-        if logs:
-            done_before = read_eval_log_sample_summaries(logs[0])
-            if done_before:
-                break
-        time.sleep(1)
+    done_before = wait_for_a_finished_sample(proc, logs_dir)
     assert done_before, "no sample finished before the deadline"
     children = [
         int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, copy_model, shared_file
+from conftest import REPO, copy_model, shared_file, wait_for_a_finished_sample
 
 LOCAL_JUDGE = "smollm2-135m-instruct"
 ALL_METRICS = {
@@ -250,9 +250,8 @@ def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):
 
 def test_interrupted_run_resumes_without_regenerating(tmp_path):
     import signal
-    import time
 
-    from inspect_ai.log import list_eval_logs, read_eval_log, read_eval_log_sample_summaries
+    from inspect_ai.log import list_eval_logs, read_eval_log
 
     out = tmp_path / "run"
     args = ["run", "--limit", "3", "--max-connections", "1", "--max-tokens", "24",
@@ -268,15 +267,7 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
         text=True,
         env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{release}"},
     )
-    deadline = time.time() + 600
-    done_before = []
-    while time.time() < deadline and proc.poll() is None:
-        logs = list_eval_logs(str(out / "logs")) if (out / "logs").exists() else []
-        if logs:
-            done_before = read_eval_log_sample_summaries(logs[0])
-            if done_before:
-                break
-        time.sleep(1)
+    done_before = wait_for_a_finished_sample(proc, out / "logs")
     assert done_before, "no sample finished before the deadline"
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=300)
