@@ -48,8 +48,11 @@ class CachedJudge:
     def __init__(self, judge: Judge, cache: JudgeCache | None = None):
         self.inner = judge
         self.id = judge.id
-        self.validation = getattr(judge, "validation", None)
         self.cache = cache or JudgeCache()
+
+    @property
+    def validation(self) -> dict | None:
+        return getattr(self.inner, "validation", None)
 
     def check(self) -> None:
         self.inner.check()
