@@ -71,7 +71,10 @@ def unexpected_error(error: BaseException) -> str:
     """One line for a failure emeval did not foresee."""
     if isinstance(error, ModuleNotFoundError) and error.name:
         package = error.name.split(".")[0]
-        return f"the Python package '{package}' is missing; install it (pip install {package}) and run again"
+        return (
+            f"the Python package '{package}' is missing; install it (pip install {package}) "
+            "and run again"
+        )
     first = (str(error).strip().splitlines() or [""])[0][:300]
     where = save_traceback(error)
     return f"{type(error).__name__}: {first} (a bug or an unforeseen input; traceback in {where})"
