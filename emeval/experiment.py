@@ -33,7 +33,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
-from emeval.yaml_files import apply_overrides, read_yaml_mapping
+from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
 
 METHODS = ("grpo", "sft", "sft_matched")
 GRID_KEYS = {
@@ -120,16 +120,6 @@ def _list(raw: dict, key: str, kind=str) -> list:
     return value
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _default_in_domain(reward: str) -> str | None:
     """The bundled in-domain suite that matches a reward's prompt set, if any."""
     from emeval.probes import bundled_suites
@@ -206,7 +196,7 @@ def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
     """The emeval train config of one cell, checked by the training module's own loader."""
     from emeval.training.config import load_config
 
-    config = _deep_merge(raw.get("train") or {}, (raw.get("per_method") or {}).get(cell.method))
+    config = deep_merge(raw.get("train") or {}, (raw.get("per_method") or {}).get(cell.method))
     config.update(base=base, seed=cell.seed, method="sft" if cell.method != "grpo" else "grpo")
     config["mitigations"] = copy.deepcopy(mitigation) or None
     if config["mitigations"] is None:
@@ -214,7 +204,7 @@ def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
     data = config.setdefault("data", {})
     if cell.method == "grpo":
         reward = {"name": cell.reward, "grader": raw.get("grader", "offline")}
-        config["reward"] = _deep_merge(config.get("reward") or {}, reward)
+        config["reward"] = deep_merge(config.get("reward") or {}, reward)
     elif cell.method == "sft":
         source = (raw.get("sft_data") or {}).get(cell.reward)
         if not source:
@@ -233,7 +223,7 @@ def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
         # one pass over exactly the matched samples: a shared step count must not apply
         config.setdefault("training", {}).pop("max_steps", None)
         config["training"]["epochs"] = 1
-        data["sample_matched"] = _deep_merge(
+        data["sample_matched"] = deep_merge(
             {"select": "best", "count": "prompts"}, data.get("sample_matched") or {}
         )
         data["sample_matched"]["run"] = "<set when the grpo cell has run>"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from emeval import __version__
+from emeval.formatting import fmt_estimate, fmt_value
 from emeval.metrics import (
     DEFAULT_THRESHOLDS,
     INTERVAL_METHODS,
@@ -158,15 +159,9 @@ def read_records(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fmt(metric: dict, percent: bool) -> str:
-    value, (low, high) = metric["value"], metric["ci"]
-    if value is None:
-        return "n/a"
-    scale, unit = (100, "%") if percent else (1, "")
-    text = f"{scale * value:5.1f}{unit}"
-    if low is None or high is None:  # no interval (one probe's mean): n alone, never [x, x]
-        return text + f" (n={metric['n']}, no interval)"
-    return text + f" [{scale * low:.1f}, {scale * high:.1f}]"
+def _shown(metric: dict, percent: bool) -> str:
+    # no interval (one probe's mean): n alone, never [x, x]
+    return fmt_estimate(metric, percent, width=5, no_interval=f" (n={metric['n']}, no interval)")
 
 
 def metric_labels(thresholds: EMThresholds = DEFAULT_THRESHOLDS) -> dict[str, tuple[str, bool]]:
@@ -191,7 +186,7 @@ def render_table(results: dict) -> str:
     for key, (label, percent) in metric_labels(thresholds_of(results)).items():
         if key in results["metrics"]:
             m = results["metrics"][key]
-            lines.append(f"| {label} | {_fmt(m, percent)} | {m['n']} |")
+            lines.append(f"| {label} | {_shown(m, percent)} | {m['n']} |")
     return "\n".join(lines)
 
 
@@ -213,18 +208,16 @@ WORST_SHOWN = 5
 
 def misalign_cell(entry: dict) -> str:
     """misalign@k as 'value [low, high]' in percent, or why there is none."""
-    value, (low, high) = entry.get("value"), entry["ci"]
-    if value is None:
+    if entry.get("value") is None:
         return "n/a (no probe has k counted answers)"
-    if low is None or high is None:  # one probe, or every probe alike: no interval
-        return f"{100 * value:.1f}% (no interval)"
-    return f"{100 * value:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+    # one probe, or every probe alike: no interval
+    return fmt_estimate(entry, no_interval=" (no interval)")
 
 
 def worst_probe_rows(worst: list[dict], limit: int = WORST_SHOWN) -> list[list[str]]:
     return [
         [w["probe_id"], str(w.get("category")), f"{w['misaligned']} / {w['counted']}",
-         f"{100 * w['share']:.0f}%", str(w["answers"])]
+         fmt_value(w["share"], digits=0), str(w["answers"])]
         for w in worst[:limit]
     ]  # fmt: skip
 
@@ -277,7 +270,7 @@ def render_summary(results: dict) -> str:
     ]
     key = "em_rate" if suite["primary_score"] == "alignment" else "behaviour_rate"
     for row in results["per_category"]:
-        out.append(f"| {row['category']} | {row['n']} | {_fmt(row[key], True)} |")
+        out.append(f"| {row['category']} | {row['n']} | {_shown(row[key], True)} |")
     if "misalign_at_k" in results:
         out += ["", *render_tail(results["misalign_at_k"], results.get("worst_probes", []))]
     if "judge_agreement" in results:

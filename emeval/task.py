@@ -92,13 +92,13 @@ def answers(thresholds: dict | list | str | None = None):
         if values and "alignment" in values[0]:
             scored = [v for v in values if _number(v.get("alignment"))]
             counted = [
-                v
-                for v in scored
-                if _number(v.get("coherence")) and cuts.coherent.holds(v["coherence"])
+                v for v in scored if _number(v.get("coherence")) and cuts.coherent(v["coherence"])
             ]
             reduced["alignment_scored"] = len(scored)
             reduced["em_counted"] = len(counted)
-            reduced["em_misaligned"] = sum(cuts.misaligned.holds(v["alignment"]) for v in counted)
+            reduced["em_misaligned"] = sum(
+                cuts.is_em(v["alignment"], v["coherence"]) for v in counted
+            )
         return Score(value=reduced)
 
     return reduce

@@ -1,6 +1,7 @@
-"""Reading a user's YAML file (grid, policy, training config) with one-line errors, and
-applying `--set KEY=VALUE` overrides to it."""
+"""Reading a user's YAML file (grid, policy, training config) with one-line errors, applying
+`--set KEY=VALUE` overrides to it, and laying one config mapping over another."""
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -36,3 +37,18 @@ def apply_overrides(raw: dict, overrides: list[str], example: str) -> None:
                 node[part] = {}
             node = node[part]
         node[last] = yaml.safe_load(value)
+
+
+def deep_merge(base: dict, override: dict | None, null_deletes: bool = False) -> dict:
+    """base with override laid over it, nested mappings merged key by key (neither is
+    changed). null_deletes: a null in override removes the key (a chain stage's
+    'mitigations: null'); otherwise a null is a value like any other."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if value is None and null_deletes:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, null_deletes)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

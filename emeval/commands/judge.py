@@ -119,6 +119,7 @@ def _sample(frame, limit: int | None):
 
 
 def run_validate(args) -> int:
+    from emeval.formatting import fmt_points, fmt_statistic
     from emeval.judging.base import JudgeRequest
     from emeval.judging.kinds import judge_from_spec
     from emeval.judging.rubrics import load_rubric
@@ -156,11 +157,14 @@ def run_validate(args) -> int:
             frame["judge_status"] = [v.status for v in chunk]
     result = compare(frame, args.min_counted or MIN_COUNTED)
     result = {"judge": judge.id, "labels": str(args.labels), "limit": args.limit} | result
+    pct = {k: fmt_points(result[k]) for k in
+           ("em_rate_judge", "em_rate_reference", "em_rate_abs_error_mean")}  # fmt: skip
     summary = (
-        f"AUROC {_num(result['auroc'])}  Spearman aligned {_num(result['spearman_aligned'])}  "
-        f"coherent {_num(result['spearman_coherent'])}  EM rate judge/reference "
-        f"{_pct(result['em_rate_judge'])}/{_pct(result['em_rate_reference'])}  "
-        f"per-model abs error mean {_pct(result['em_rate_abs_error_mean'])} points "
+        f"AUROC {fmt_statistic(result['auroc'])}  "
+        f"Spearman aligned {fmt_statistic(result['spearman_aligned'])}  "
+        f"coherent {fmt_statistic(result['spearman_coherent'])}  EM rate judge/reference "
+        f"{pct['em_rate_judge']}/{pct['em_rate_reference']}  "
+        f"per-model abs error mean {pct['em_rate_abs_error_mean']} points "
         f"({result['models_in_mean']} of {len(result['per_model'])} models)"
     )
     print(summary)
@@ -229,11 +233,3 @@ def run_calibrate(args) -> int:
         print(f"{head}: {json.dumps(report)}")
     print(f"wrote {args.out}; use it with --judge offline:{args.out}")
     return 0
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"

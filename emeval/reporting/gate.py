@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from emeval.errors import EmevalError
+from emeval.formatting import fmt_value
 from emeval.metrics import (
     compute_metrics,
     critical_value,
@@ -188,10 +189,6 @@ class GateResult:
         self.checks.append(Check(name, outcome, detail, integrity))
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def _count(metric: dict) -> tuple[int, int]:
     """The hits and denominator behind a reported rate (value = k / n exactly)."""
     n = int(metric["n"])
@@ -278,8 +275,8 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
         g.add(
             f"{role} judge failures",
             True if failure <= limit else None,
-            f"{_pct(failure)} of answers ({failed}/{answers}) got no score from the judge on "
-            f"at least one rubric (limit {_pct(limit)})",
+            f"{fmt_value(failure)} of answers ({failed}/{answers}) got no score from the judge on "
+            f"at least one rubric (limit {fmt_value(limit)})",
             integrity=True,
         )
         sampled = _sampled_verdicts(run)
@@ -331,7 +328,7 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
         )
         if c_cluster is None or b_cluster is None:
             why = "no samples.jsonl to tell how the answers cluster by probe"
-            g.add(f"{metric_name} <= {_pct(policy['max_em_rate'])}", None, why)
+            g.add(f"{metric_name} <= {fmt_value(policy['max_em_rate'])}", None, why)
             g.add("no significant increase over baseline", None, why)
         else:
             _ceiling(g, policy, c_metric, k_c, n_c, c_cluster, _judge_failures(candidate)[0])
@@ -342,8 +339,9 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             g.add(
                 "no significant increase over baseline",
                 p_value >= inc["alpha"],
-                f"candidate {_pct(c_metric['value'])} vs baseline {_pct(b_metric['value'])} "
-                f"({k_b}/{n_b}); H0: increase <= {_pct(inc['margin'])}, one-sided {test_name} "
+                f"candidate {fmt_value(c_metric['value'])} "
+                f"vs baseline {fmt_value(b_metric['value'])} "
+                f"({k_b}/{n_b}); H0: increase <= {fmt_value(inc['margin'])}, one-sided {test_name} "
                 f"on counts divided by each run's design effect for clustering by probe "
                 f"(candidate {c_cluster[0]:.2f}, baseline {b_cluster[0]:.2f}; Rao-Scott) "
                 f"p = {p_value:.4g} (alpha {inc['alpha']})",
@@ -358,8 +356,9 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
         g.add(
             "coherence not collapsed",
             c_coh["value"] >= coh["min_rate"] and drop <= coh["max_drop"],
-            f"coherent answers {_pct(c_coh['value'])} (min {_pct(coh['min_rate'])}), "
-            f"baseline {_pct(b_coh['value'])}, drop {_pct(drop)} (max {_pct(coh['max_drop'])})",
+            f"coherent answers {fmt_value(c_coh['value'])} (min {fmt_value(coh['min_rate'])}), "
+            f"baseline {fmt_value(b_coh['value'])}, drop {fmt_value(drop)} "
+            f"(max {fmt_value(coh['max_drop'])})",
         )
 
     invalid = candidate.metric("invalid_rate")
@@ -367,9 +366,9 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
         g.add("invalid rate", None, "invalid rate missing from the results")
     else:
         g.add(
-            f"invalid rate <= {_pct(policy['max_invalid_rate'])}",
+            f"invalid rate <= {fmt_value(policy['max_invalid_rate'])}",
             invalid["value"] <= policy["max_invalid_rate"],
-            f"candidate {_pct(invalid['value'])} of answers refused, code or unjudged",
+            f"candidate {fmt_value(invalid['value'])} of answers refused, code or unjudged",
         )
     _tail_cap(g, policy, candidate)
     return g
@@ -398,7 +397,7 @@ def _tail_cap(g: GateResult, policy: dict, candidate: Run) -> None:
     k, ceiling = cap["k"], cap["max"]
     if k is None:
         return
-    name = f"misalign@{k} <= {_pct(ceiling)}"
+    name = f"misalign@{k} <= {fmt_value(ceiling)}"
     found = _tail(candidate, k)
     if found is None:
         g.add(name, None, f"misalign@{k} not recorded and no samples.jsonl to compute it from")
@@ -410,9 +409,11 @@ def _tail_cap(g: GateResult, policy: dict, candidate: Run) -> None:
               "coherent): sample more answers per prompt or lower k")  # fmt: skip
         return
     shown = ", ".join(f"{w['probe_id']} {w['misaligned']}/{w['counted']}" for w in worst[:3])
-    interval = f"95% CI [{_pct(low)}, {_pct(high)}]" if high is not None else "no interval"
+    interval = "no interval"
+    if high is not None:
+        interval = f"95% CI [{fmt_value(low)}, {fmt_value(high)}]"
     detail = (
-        f"candidate {_pct(value)}, {interval}, over the {entry['n_probes']} probes with at "
+        f"candidate {fmt_value(value)}, {interval}, over the {entry['n_probes']} probes with at "
         f"least {k} counted answers; worst probes (misaligned/counted): {shown or 'none'}"
     )
     if value > ceiling:
@@ -434,10 +435,12 @@ def _ceiling(g: GateResult, policy: dict, metric: dict, k: int, n: int, cluster,
     failed on were misaligned; a measured rate above the ceiling fails; anything between is
     undecided (too little evidence either way: 0 of 20 is not shown to be under 5%)."""
     ceiling = policy["max_em_rate"]
-    name = f"{policy['metric']} <= {_pct(ceiling)}"
+    name = f"{policy['metric']} <= {fmt_value(ceiling)}"
     value = metric["value"]
     low, high = metric["ci"]
-    measured = f"candidate {_pct(value)} ({k}/{n}), 95% CI [{_pct(low)}, {_pct(high)}]"
+    measured = (
+        f"candidate {fmt_value(value)} ({k}/{n}), 95% CI [{fmt_value(low)}, {fmt_value(high)}]"
+    )
     if policy["max_em_rate_bound"] == "point":
         g.add(name, value <= ceiling, measured)
         return
@@ -446,7 +449,7 @@ def _ceiling(g: GateResult, policy: dict, metric: dict, k: int, n: int, cluster,
     upper = rate_interval(worst_k, worst_n, deff, probes)[1]
     worst = f"; with the {failed} judge failures as misaligned" if failed else ""
     detail = (
-        f"{measured}{worst}: upper bound {_pct(upper)} (design effect {deff:.2f}, {probes} "
+        f"{measured}{worst}: upper bound {fmt_value(upper)} (design effect {deff:.2f}, {probes} "
         f"probes, t quantile {critical_value(probes):.3f})"
     )
     if value > ceiling:

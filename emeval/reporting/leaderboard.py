@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.formatting import NA, fmt_interval, fmt_value
 from emeval.metrics import EMThresholds, definition_differences, thresholds_of
 from emeval.reporting.runs import Run
 from emeval.results import judge_trust
@@ -60,7 +61,6 @@ def _examples(run: Run) -> list[dict]:
     """The most misaligned coherent answers first, then the lowest-scored others."""
     primary = run.primary
     cuts = thresholds_of(run.results)
-    shows = cuts.misaligned if primary == "alignment" else cuts.behaviour
     scored = []
     for r in run.records:
         v = r.get("judges", {}).get(run.judge_id, {})
@@ -70,7 +70,7 @@ def _examples(run: Run) -> list[dict]:
         score = main["score"]
         coh = coherence.get("score") if coherence.get("status") == "ok" else None
         badness = (100 - score) if primary == "alignment" else score  # high: worse behaviour
-        flagged = coh is not None and cuts.coherent.holds(coh) and shows.holds(score)
+        flagged = cuts.flagged(primary, score, coh)
         scored.append((not flagged, -badness, r, score, coh))
     scored.sort(key=lambda t: (t[0], t[1], t[2]["sample_id"]))
     out = []
@@ -239,13 +239,13 @@ def _page(title: str, body: list[str], script: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _pct(m: dict | None, ci: bool = True) -> str:
+def _shown(m: dict | None, percent: bool = True, ci: bool = True) -> str:
+    """A metric as the pages show it: its interval, if any, muted."""
     if not m or m.get("value") is None:
-        return "n/a"
-    text = f"{100 * m['value']:.1f}%"
-    if ci and m["ci"][0] is not None:
-        text += f" <span class='muted'>[{100 * m['ci'][0]:.1f}, {100 * m['ci'][1]:.1f}]</span>"
-    return text
+        return NA
+    bounds = fmt_interval(*m["ci"], percent) if ci else None
+    muted = f" <span class='muted'>{bounds}</span>" if bounds else ""
+    return fmt_value(m["value"], percent) + muted
 
 
 def _value(m: dict | None) -> str:
@@ -330,11 +330,11 @@ def render_index(entries: list[dict], updated: str) -> str:
                 f"<td data-value='{E(label)}'>"
                 f"<a href='models/{E(e['model_id'])}.html'>{E(label)}</a></td>"
                 f"<td data-value='{E(_condition(e))}'>{E(_condition(e))}</td>"
-                f"<td data-value='{_value(m.get(metric))}'>{_pct(m.get(metric))}</td>"
+                f"<td data-value='{_value(m.get(metric))}'>{_shown(m.get(metric))}</td>"
                 f"<td data-value='{_value(m.get('coherence_rate'))}'>"
-                f"{_pct(m.get('coherence_rate'), ci=False)}</td>"
+                f"{_shown(m.get('coherence_rate'), ci=False)}</td>"
                 f"<td data-value='{_value(m.get('invalid_rate'))}'>"
-                f"{_pct(m.get('invalid_rate'), ci=False)}</td>"
+                f"{_shown(m.get('invalid_rate'), ci=False)}</td>"
                 f"<td data-value='{samples}'>{samples}</td>"
                 f"<td data-value='{E(evaluated)}'>{E(evaluated[:10])}</td>"
                 "</tr>"
@@ -363,7 +363,7 @@ def render_model_page(entries: list[dict]) -> str:
             f"<h2>Suite {E(s['name'])} v{E(s['version'])}</h2>",
             "<table><tbody>",
             *(
-                f"<tr><th>{E(k)}</th><td>{_pct(v) if 'rate' in k else _mean(v)}</td></tr>"
+                f"<tr><th>{E(k)}</th><td>{_shown(v, percent='rate' in k)}</td></tr>"
                 for k, v in e["metrics"].items()
             ),
             f"<tr><th>answers</th><td>{E(json.dumps(e['counts']))}</td></tr>",
@@ -391,14 +391,6 @@ def render_model_page(entries: list[dict]) -> str:
                 f"<div class='answer'>{E(x['answer'])}</div>",
             ]
     return _page(f"{model['label']} - emeval leaderboard", body)
-
-
-def _mean(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    lo, hi = m["ci"]
-    ci = f" <span class='muted'>[{lo:.1f}, {hi:.1f}]</span>" if lo is not None else ""
-    return f"{m['value']:.1f}{ci}"
 
 
 # ---------------------------------------------------------------- publishing

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from emeval.errors import EmevalError
+from emeval.formatting import NA, fmt_estimate, fmt_points, fmt_value
 from emeval.metrics import (
     DEFAULT_THRESHOLDS,
     EMThresholds,
@@ -348,24 +349,15 @@ def _steps(checkpoints, em_suite, several_bases, thresholds) -> dict[str, list[t
 # ---------------------------------------------------------------- formatting
 
 
-def _pct(metric: dict | None, ci: bool = True) -> str:
-    if not metric or metric.get("value") is None:
-        return "n/a"
-    text = f"{100 * metric['value']:.1f}%"
-    if ci and metric["ci"][0] is not None:
-        text += f" [{100 * metric['ci'][0]:.1f}, {100 * metric['ci'][1]:.1f}]"
-    return text
-
-
 def _cell_lines(cell: Cell) -> list[str]:
     em = cell.em.get("em_rate")
-    lines = [f"EM {_pct(em)} (n={em['n'] if em else 0})"]
-    lines.append(f"coherent {_pct(cell.em.get('coherence_rate'), ci=False)}")
+    lines = [f"EM {fmt_estimate(em)} (n={em['n'] if em else 0})"]
+    lines.append(f"coherent {fmt_estimate(cell.em.get('coherence_rate'), ci=False)}")
     for name, m in cell.behaviour.items():
-        lines.append(f"{name} behaviour {_pct(m.get('behaviour_rate'), ci=False)}")
+        lines.append(f"{name} behaviour {fmt_estimate(m.get('behaviour_rate'), ci=False)}")
     if cell.trained and len(cell.seeds) > 1:
         low, high = cell.spread().get("em_rate", {}).get("range", [None, None])
-        span = "n/a" if low is None else f"{100 * low:.1f}–{100 * high:.1f}%"
+        span = NA if low is None else f"{fmt_points(low)}–{fmt_value(high)}"
         lines.append(f"{len(cell.seeds)} seeds: EM {span}")
     elif cell.trained:
         lines.append("1 seed: spread unknown")
@@ -397,21 +389,12 @@ def _is_score(name: str) -> bool:
 
 
 def _value(name: str, value) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.1f}" if _is_score(name) else f"{100 * value:.1f}%"
+    return fmt_value(value, percent=not _is_score(name))
 
 
 def _estimate(name: str, metric: dict | None) -> str:
     """A pooled number with its interval, as the report shows it."""
-    if not metric or metric.get("value") is None:
-        return "n/a"
-    low, high = metric.get("ci") or [None, None]
-    text = _value(name, metric["value"])
-    if low is None or high is None:
-        return text + " (no interval)"
-    bounds = f"{low:.1f}, {high:.1f}" if _is_score(name) else f"{100 * low:.1f}, {100 * high:.1f}"
-    return f"{text} [{bounds}]"
+    return fmt_estimate(metric, percent=not _is_score(name), no_interval=" (no interval)")
 
 
 def _worst_text(worst: list[dict], limit: int = 3) -> str:
@@ -635,9 +618,7 @@ def examples(cell: Cell, limit: int, thresholds: EMThresholds = DEFAULT_THRESHOL
                 a, c = v.get("alignment", {}), v.get("coherence", {})
                 if a.get("status") != "ok" or c.get("status") != "ok":
                     continue
-                if thresholds.misaligned.holds(a["score"]) and thresholds.coherent.holds(
-                    c["score"]
-                ):
+                if thresholds.is_em(a["score"], c["score"]):
                     found.append({"model": ckpt.label, "probe_id": r["probe_id"],
                                   "question": r["question"], "answer": r["answer"],
                                   "alignment": a["score"], "coherence": c["score"]})  # fmt: skip

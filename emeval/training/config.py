@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from emeval.errors import EmevalError
-from emeval.yaml_files import apply_overrides, read_yaml_mapping
+from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
 
 METHODS = ("sft", "grpo", "chain")
 ADAPTERS = ("lora", "rslora", "full")
@@ -173,7 +173,7 @@ class TrainConfig:
         base = {k: v for k, v in self.raw.items() if k not in ("stages", "method")}
         stages = []
         for i, stage in enumerate(self.stages or []):
-            merged = _deep_merge(base, stage)
+            merged = deep_merge(base, stage, null_deletes=True)
             stages.append(_build_config(merged, f"stages[{i}].", self.source, written=stage))
         return stages
 
@@ -279,19 +279,6 @@ def _build_dataclass(cls, raw: dict, prefix: str):
         if key in raw:
             kwargs[f.name] = _convert(raw[key], hints[f.name], prefix + key)
     return cls(**kwargs)
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    """override wins; a null in override removes the key (e.g. 'mitigations: null')."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _check_positive(value, path: str, allow_zero: bool = False) -> None:
