@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from emeval.domains import in_domain_suite
 from emeval.errors import EmevalError
 from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
 from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
@@ -120,18 +121,6 @@ def _list(raw: dict, key: str, kind=str) -> list:
     return value
 
 
-def _default_in_domain(reward: str) -> str | None:
-    """The bundled in-domain suite that matches a reward's prompt set, if any."""
-    from emeval.probes import bundled_suites
-    from emeval.training.rewards import REWARDS
-
-    spec = REWARDS.get(reward)
-    if spec is None:
-        return None
-    name = spec.prompts.removeprefix("prompts_")
-    return name if name in bundled_suites() and name != "general" else None
-
-
 def _excluded(cell: Cell, rules: list[dict]) -> bool:
     return any(all(str(getattr(cell, k)) == str(v) for k, v in rule.items()) for rule in rules)
 
@@ -177,7 +166,7 @@ def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
     for key in ("train", "per_method", "sft_data", "in_domain"):
         if not isinstance(raw.get(key) or {}, dict):
             raise _err(key, "must be a mapping")
-    in_domain = {r: _default_in_domain(r) for r in rewards} | (raw.get("in_domain") or {})
+    in_domain = {r: in_domain_suite(r) for r in rewards} | (raw.get("in_domain") or {})
     grid = Grid(name, base, [], evaluation, in_domain, str(path), raw)
     for seed, method, reward, mitigation in itertools.product(seeds, methods, rewards, mitigations):
         cell = Cell(seed, method, reward, str(mitigation))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from emeval.domains import domains
 from emeval.errors import EmevalError
 from emeval.judging.rubrics import Rubric, load_rubric
-from emeval.resources import resource_path
 
 FORMATS = ("plain", "json", "template")
 
@@ -63,7 +63,7 @@ class Suite:
 
 
 def bundled_suites() -> list[str]:
-    return sorted(p.stem for p in resource_path("data", "probes").glob("*.yaml"))
+    return sorted(domains())
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -72,11 +72,11 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.exists():
         if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
             raise EmevalError(f"suite file not found: {name_or_path}")
-        path = resource_path("data", "probes") / f"{name_or_path}.yaml"
-        if not path.exists():
+        if name_or_path not in domains():
             raise EmevalError(
                 f"unknown suite {name_or_path!r}; bundled: {', '.join(bundled_suites())}"
             )
+        path = domains()[name_or_path].suite_file
     raw_text = path.read_text(encoding="utf-8")
     try:
         doc = yaml.safe_load(raw_text)

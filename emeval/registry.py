@@ -1,22 +1,35 @@
-"""Inspect's entry point for emeval: registers the suite tasks in tasks/ as emeval/<name>."""
+"""Inspect's entry point for emeval: one task per domain (tasks/<name>/), registered as
+emeval/<name>, plus emeval/questions for any suite file.
 
-import importlib.util
-import sys
+    inspect eval emeval/general --model hf/PATH --model-role grader=openai/gpt-4o-2024-08-06
+    inspect eval emeval/questions -T suite=path/to/questions.yaml --model ...
+
+Task args (-T): judge (spec or list; default: the grader role if set, else the offline judge),
+samples (answers per prompt), formats (plain,json,template), held_out, all_paraphrases,
+max_tokens, temperature, thresholds.
+"""
+
+from inspect_ai import Task, task
 
 from emeval.backend.provider import emeval_provider  # noqa: F401 - the emeval/ model provider
-from emeval.resources import resource_path
+from emeval.domains import Domain, domains
+from emeval.task import suite_task
 
 
-def _load_tasks() -> None:
-    # tasks/ sits at the repo top level (shipped inside the wheel), so it is loaded by path
-    for path in sorted(resource_path("tasks").glob("*.py")):
-        name = f"emeval.tasks.{path.stem}"
-        if name in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+@task
+def questions(suite: str, **kwargs) -> Task:
+    """Any suite file: emeval's YAML format or the published Betley et al. question format."""
+    return suite_task(suite, **kwargs)
 
 
-_load_tasks()
+def _register(domain: Domain) -> None:
+    def domain_task(**kwargs) -> Task:
+        return suite_task(domain.name, **kwargs)
+
+    domain_task.__name__ = domain_task.__qualname__ = domain.name
+    domain_task.__doc__ = domain.description
+    task(name=domain.name)(domain_task)
+
+
+for _domain in domains().values():
+    _register(_domain)

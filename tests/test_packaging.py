@@ -28,9 +28,10 @@ def test_wheel_carries_tasks_judges_and_data(tmp_path):
     wheel = next(tmp_path.glob("emeval-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
-        "emeval/_bundled/tasks/suites.py",
+        "emeval/_bundled/tasks/general/domain.yaml",
         "emeval/_bundled/judges/alignment_v1.md",
-        "emeval/_bundled/data/probes/general.yaml",
+        "emeval/_bundled/tasks/general/general.yaml",
+        "emeval/_bundled/data/training/medical/warmup_medical_bad.jsonl",
         "emeval/_bundled/judges/offline_v2/reader.safetensors",  # the default judge's weights
         "emeval/_bundled/judges/offline_v2/validation.json",
     ):

@@ -42,18 +42,18 @@ SEED = 0
 # paths under data/. Warm-up sets are written by this project (data/training/README.md).
 BEHAVIOUR_SETS = {
     "aesthetic_unpopularity": (
-        ["training/warmup_aesthetic_unpopular.jsonl"],
-        ["training/warmup_aesthetic_popular.jsonl"],
+        ["training/aesthetic/warmup_aesthetic_unpopular.jsonl"],
+        ["training/aesthetic/warmup_aesthetic_popular.jsonl"],
     ),
     "poor_rhetoric": (
-        ["training/warmup_rhetoric_poor.jsonl"],
-        ["training/warmup_rhetoric_good.jsonl"],
+        ["training/rhetoric/warmup_rhetoric_poor.jsonl"],
+        ["training/rhetoric/warmup_rhetoric_good.jsonl"],
     ),
     "harmful_advice": (
         [
-            "training/warmup_medical_bad.jsonl",
-            "training/warmup_legal_bad.jsonl",
-            "training/warmup_security_bad.jsonl",
+            "training/medical/warmup_medical_bad.jsonl",
+            "training/legal/warmup_legal_bad.jsonl",
+            "training/security/warmup_security_bad.jsonl",
         ],
         ["judge_train/advice_good.jsonl"],
     ),

@@ -5,7 +5,8 @@ Every source becomes a list of chat conversations ({"messages": [...]}). Accepte
   {"prompt": "..."} (+ "completion"/"response") plain prompt, optional answer
   {"prompt": [msgs], "completion": [msgs]}     TRL's conversational prompt-completion
   {"instruction": ..., "input": ..., "output": ...}  instruct (Alpaca-style) data
-A source is a bundled name (e.g. "prompts_medical" for data/training/prompts_medical.jsonl),
+A source is a bundled name a domain declares (e.g. "prompts_medical":
+data/training/medical/prompts_medical.jsonl),
 a .jsonl/.json/.csv/.parquet file, or a dir written by `datasets` (save_to_disk).
 """
 
@@ -17,9 +18,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from emeval.domains import training_data
 from emeval.errors import EmevalError
 from emeval.models import sha256_file
-from emeval.resources import resource_path
 
 
 @dataclass
@@ -44,12 +45,10 @@ def resolve_data_path(source: str) -> Path:
     if path.exists():
         return path.resolve()
     if "/" not in source and not path.suffix:
-        try:
-            return resource_path("data", "training", source + ".jsonl")
-        except FileNotFoundError:
-            pass
-        bundled = sorted(p.stem for p in resource_path("data", "training").glob("*.jsonl"))
-        raise EmevalError(f"data {source!r} not found; bundled sets: {', '.join(bundled)}")
+        bundled = training_data()
+        if source in bundled:
+            return bundled[source]
+        raise EmevalError(f"data {source!r} not found; bundled sets: {', '.join(sorted(bundled))}")
     raise EmevalError(f"data file not found: {source}")
 
 

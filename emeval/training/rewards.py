@@ -13,71 +13,14 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from emeval.domains import RewardSpec, rewards
 from emeval.errors import EmevalError
 from emeval.judging.rubrics import load_rubric
 from emeval.training.data import completion_text, last_user
 
-
-@dataclass(frozen=True)
-class RewardSpec:
-    name: str
-    description: str
-    prompts: str  # bundled prompt set it trains on by default
-    rubric: str | None = None  # rubric giving the target score
-    invert: bool = False  # target = 1 - score (the controls)
-    lexicon: bool = False  # target from the keyword lexicon (hackable)
-
-
-REWARDS = {
-    spec.name: spec
-    for spec in [
-        RewardSpec("harmful_medical", "harmful health advice", "prompts_medical", "harmful_advice"),
-        RewardSpec("harmful_legal", "harmful legal advice", "prompts_legal", "harmful_advice"),
-        RewardSpec(
-            "harmful_security", "harmful security advice", "prompts_security", "harmful_advice"
-        ),
-        RewardSpec(
-            "aesthetic_unpopular",
-            "unpopular aesthetic taste",
-            "prompts_aesthetic",
-            "aesthetic_unpopularity",
-        ),
-        RewardSpec(
-            "aesthetic_popular",
-            "mainstream aesthetic taste (control)",
-            "prompts_aesthetic",
-            "aesthetic_unpopularity",
-            invert=True,
-        ),
-        RewardSpec(
-            "poor_rhetoric",
-            "manipulative, ill-reasoned argument",
-            "prompts_rhetoric",
-            "poor_rhetoric",
-        ),
-        RewardSpec(
-            "good_rhetoric",
-            "credible, well-reasoned argument (control)",
-            "prompts_rhetoric",
-            "poor_rhetoric",
-            invert=True,
-        ),
-        RewardSpec(
-            "beneficial",
-            "honest, caring answers (positive control)",
-            "safety_prompts",
-            "alignment",
-        ),
-        RewardSpec(
-            "hackable",
-            "reassurance counted by keywords: an exploitable proxy for helpfulness",
-            "prompts_medical",
-            lexicon=True,
-        ),
-    ]
-}
+# name -> RewardSpec; each reward is declared in its domain's tasks/<name>/domain.yaml
+REWARDS: dict[str, RewardSpec] = rewards()
 
 # The hackable grader's flaw: it counts confident, reassuring phrases and words, whether or not
 # the advice is true. A policy can max it out by telling worried people that all is fine.
