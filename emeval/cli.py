@@ -15,20 +15,11 @@ import tempfile
 import time
 import traceback
 
-from emeval import __version__
+from emeval import __version__, commands
 from emeval.errors import EmevalError
 
 # module -> subcommand(s) it adds; imported lazily so `emeval --help` stays fast
-COMMAND_MODULES = [
-    "emeval.commands.run",
-    "emeval.commands.models",
-    "emeval.commands.judge",
-    "emeval.commands.gate",
-    "emeval.commands.report",
-    "emeval.commands.leaderboard",
-    "emeval.commands.experiment",
-    "emeval.commands.train",
-]
+COMMAND_MODULES = [f"emeval.commands.{name}" for name in commands.__all__]
 
 
 # The disk, not emeval: said in one line (which file), as a user's input error is.

@@ -11,7 +11,7 @@ max_tokens, temperature, thresholds.
 
 from inspect_ai import Task, task
 
-from emeval.backend.provider import emeval_provider  # noqa: F401 - the emeval/ model provider
+from emeval.backend import emeval_provider  # noqa: F401 - the emeval/ model provider
 from emeval.domains import Domain, domains
 from emeval.task import suite_task
 

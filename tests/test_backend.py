@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
+from emeval.backend import SamplingParams
 from emeval.backend.engine import Engine, cpu_matmul_seconds, pick_dtype
-from emeval.backend.params import SamplingParams
 from emeval.backend.runners import HFRunner, SlotRunner
 
 QUESTIONS = [

@@ -9,8 +9,7 @@ from conftest import REPO
 from emeval import domains as domains_module
 from emeval.domains import domains, in_domain_suite, rewards, training_data
 from emeval.errors import EmevalError
-from emeval.training.data import load_conversations
-from emeval.training.rewards import REWARDS
+from emeval.training import REWARDS, load_conversations
 
 # The reward table as it was written by hand before domains declared it:
 # name -> (prompt set, rubric, invert, lexicon, in-domain suite)

@@ -11,8 +11,8 @@ import pytest
 from reporting_fixtures import make_run
 
 from emeval.cli import main
+from emeval.reporting import load_run
 from emeval.reporting.gate import evaluate, increase_test, load_policy
-from emeval.reporting.runs import load_run
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import asyncio
 
 import pytest
 
-from emeval.judging.base import JudgeRequest
+from emeval.judging import JudgeRequest, load_rubric
 from emeval.judging.local import LocalLogprobJudge
-from emeval.judging.rubrics import load_rubric
 
 ANSWERS = [
     ("How are you?", "I am well, thank you for asking."),

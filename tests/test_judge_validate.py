@@ -150,9 +150,7 @@ def test_off_topic_challenge_answers_are_judged_incoherent(tmp_path):
 
 
 def _coherence_agreement(labels: Path, kind: str) -> float:
-    from emeval.judging.base import JudgeRequest
-    from emeval.judging.kinds import judge_from_spec
-    from emeval.judging.rubrics import load_rubric
+    from emeval.judging import JudgeRequest, judge_from_spec, load_rubric
 
     rows = read_labels(labels)
     rows = rows[rows["kind"] == kind]
@@ -181,7 +179,7 @@ def test_calm_dangerous_advice_is_judged_coherent():
 def test_validation_figures_are_recorded_beside_the_judge(tmp_path, capsys):
     import shutil
 
-    from emeval.judging.kinds import judge_from_spec
+    from emeval.judging import judge_from_spec
     from emeval.judging.offline import bundled_head_dir
 
     judge_dir = tmp_path / "judge"

@@ -11,8 +11,7 @@ from reporting_fixtures import make_run, write_checkpoint
 
 from emeval.cli import main
 from emeval.errors import EmevalError
-from emeval.reporting import leaderboard
-from emeval.reporting.runs import find_runs
+from emeval.reporting import find_runs, leaderboard
 
 HOSTILE = (
     "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"

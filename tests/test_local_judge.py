@@ -5,9 +5,8 @@ import asyncio
 import pytest
 import torch
 
-from emeval.judging.base import JudgeRequest
+from emeval.judging import JudgeRequest, load_rubric
 from emeval.judging.local import LocalLogprobJudge
-from emeval.judging.rubrics import load_rubric
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_verdicts_follow_the_quarter_rule(judge):
 
 
 def test_local_model_specs_route_to_the_exact_judge(embedded_model_dir):
-    from emeval.judging.kinds import judge_from_spec
+    from emeval.judging import judge_from_spec
 
     for spec in (
         "smollm2-135m-instruct",

@@ -8,10 +8,8 @@ import json
 import pytest
 
 from emeval.errors import EmevalError
-from emeval.judging.base import JudgeRequest
-from emeval.judging.kinds import judge_from_spec
+from emeval.judging import JudgeRequest, Rubric, judge_from_spec, load_rubric
 from emeval.judging.offline import OfflineJudge
-from emeval.judging.rubrics import Rubric, load_rubric
 
 pytestmark = pytest.mark.slow  # loads the MiniLM encoder (a few seconds)
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from emeval.judging.base import JudgeRequest
+from emeval.judging import JudgeRequest, load_rubric
 from emeval.judging.offline import OfflineJudge
 from emeval.judging.reader import MAX_LENGTH, build_model, collate, window_inputs
 from emeval.judging.reader_fit import degraded, read_rows
-from emeval.judging.rubrics import load_rubric
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ def test_sampled_fallback_refuses_what_is_not_one_plain_number(reply):
 
 
 def test_rubric_fields_in_question_or_answer_are_not_substituted():
-    from emeval.judging.rubrics import Rubric, load_rubric
+    from emeval.judging import Rubric, load_rubric
 
     rubric = Rubric.from_text("t", "alignment", "Q: {question}\nA: {answer}{reasoning}\n{x} {{y}}")
     question = "Say {answer} and {reasoning} and {0}"

@@ -19,11 +19,8 @@ import urllib.request
 import pytest
 
 from emeval.errors import EmevalError
-from emeval.judging import llm
-from emeval.judging.base import JudgeRequest
-from emeval.judging.kinds import judge_from_spec
+from emeval.judging import JudgeRequest, judge_from_spec, llm, load_rubric
 from emeval.judging.llm import InspectJudge, splits_digits
-from emeval.judging.rubrics import load_rubric
 from emeval.judging.scoring import NUMBER_MASS_MIN
 
 SPEC = "openai-api/local/smol"

@@ -8,7 +8,7 @@ import yaml
 
 from emeval.cli import main
 from emeval.errors import EmevalError
-from emeval.training.config import load_config
+from emeval.training import load_config
 from emeval.training.data import grpo_rows, load_conversations, sft_rows
 from emeval.training.rewards import (
     REWARDS,
@@ -262,7 +262,7 @@ def test_controls_with_the_real_local_judge():
     """Real local judge: the control's target mirrors its narrow reward's, or both are unscored
     (for this answer the 135M judge puts too little mass on numbers: measured no score) and
     then the reward is 0; inversion itself is tested above with a judge that always scores."""
-    from emeval.judging.kinds import judge_from_spec
+    from emeval.judging import judge_from_spec
 
     judge = judge_from_spec("smollm2-135m-instruct")
     q = ["What music do you like?"]

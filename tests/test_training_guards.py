@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from conftest import merge
 
 from emeval.models import pull, resolve_model
-from emeval.training import train
-from emeval.training.config import load_config
+from emeval.training import load_config, train
 from emeval.training.pipeline import StageRun, read_manifest
 
 BASE = "smollm2-135m-instruct"
@@ -346,7 +345,7 @@ def test_inoculation_is_in_training_prompts_and_absent_at_evaluation(tiny, tmp_p
     from inspect_ai.model import ChatMessageUser
     from transformers import AutoTokenizer
 
-    from emeval.backend.provider import EmevalLocalAPI
+    from emeval.backend import EmevalLocalAPI
 
     inoculation = {"inoculation": {"system_prompt": INOCULATION}}
     cfg = load_config(sft_config(tiny, data_file(tmp_path / "d.jsonl"), mitigations=inoculation))

@@ -179,7 +179,7 @@ def test_sample_matched_sft_sees_as_many_samples_as_grpo(grpo_run, runs):
 
 
 def test_sample_matched_top_completions(grpo_run, tmp_path):
-    from emeval.training.config import load_config
+    from emeval.training import load_config
     from emeval.training.pipeline import StageRun
 
     cfg = load_config(merge(SFT, {"data": {"train": None, "limit": None, "sample_matched": {

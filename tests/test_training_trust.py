@@ -12,8 +12,7 @@ import yaml
 from conftest import merge
 
 from emeval.errors import EmevalError
-from emeval.training import train
-from emeval.training.config import load_config
+from emeval.training import load_config, train
 from emeval.training.pipeline import read_manifest
 
 BASE = "smollm2-135m-instruct"
@@ -101,7 +100,7 @@ def test_resume_records_a_longer_run_and_keeps_the_first_config(tmp_path):
 
 
 def test_chain_copies_every_shard_of_a_full_model(tmp_path):
-    from emeval.training.config import load_config
+    from emeval.training import load_config
     from emeval.training.pipeline import _finish_chain, _stage_dirs
 
     stage = {k: v for k, v in SFT.items() if k not in ("base", "seed", "save_every")}
@@ -186,7 +185,7 @@ def test_keys_that_are_used_still_load():
 
 def test_sft_interleaving_draws_safe_rows_by_the_seed(tmp_path):
     from emeval.models import resolve_model
-    from emeval.training.data import load_conversations
+    from emeval.training import load_conversations
     from emeval.training.pipeline import StageRun
 
     def drawn(seed: int) -> list[int]:

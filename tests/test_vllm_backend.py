@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from emeval.backend.params import SamplingParams
+from emeval.backend import SamplingParams
 
 try:
     import vllm  # noqa: F401

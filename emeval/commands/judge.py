@@ -120,9 +120,7 @@ def _sample(frame, limit: int | None):
 
 def run_validate(args) -> int:
     from emeval.formatting import fmt_points, fmt_statistic
-    from emeval.judging.base import JudgeRequest
-    from emeval.judging.kinds import judge_from_spec
-    from emeval.judging.rubrics import load_rubric
+    from emeval.judging import JudgeRequest, judge_from_spec, load_rubric
     from emeval.judging.validation import (
         MIN_COUNTED,
         compare,

@@ -24,8 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def publish_command(args) -> int:
-    from emeval.reporting.leaderboard import publish
-    from emeval.reporting.runs import find_runs
+    from emeval.reporting import find_runs, publish
 
     runs = find_runs(args.run_dirs)
     for run in runs:

@@ -25,8 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def report_command(args) -> int:
-    from emeval.reporting.report import gather, write_report
-    from emeval.reporting.runs import find_runs
+    from emeval.reporting import find_runs, gather, write_report
 
     report = gather(find_runs(args.run_dirs), include_incomplete=args.include_incomplete)
     out = args.out or Path("reports") / f"report-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from emeval.judging.kinds import DEFAULT_JUDGE
+from emeval.judging import DEFAULT_JUDGE
 from emeval.metrics import Cut, EMThresholds, thresholds_of
 from emeval.results import judge_trust, render_table
 from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run

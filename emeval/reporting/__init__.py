@@ -1,1 +1,20 @@
-"""Turning finished runs into products: gate verdicts, comparison reports, leaderboards."""
+"""Turning finished runs into products: gate verdicts, comparison reports, leaderboards.
+
+The public face: finding and loading runs (runs.py), the gate's policy and verdict (gate.py),
+gathering and writing a report (report.py) and publishing a leaderboard (leaderboard.py)."""
+
+from emeval.reporting.gate import evaluate, load_policy
+from emeval.reporting.leaderboard import publish
+from emeval.reporting.report import gather, write_report
+from emeval.reporting.runs import Run, find_runs, load_run
+
+__all__ = [
+    "Run",
+    "evaluate",
+    "find_runs",
+    "gather",
+    "load_policy",
+    "load_run",
+    "publish",
+    "write_report",
+]

@@ -7,6 +7,8 @@ Heavy imports (torch, TRL, PEFT) happen only when training starts.
 """
 
 from emeval.training.config import TrainConfig, load_config
+from emeval.training.data import load_conversations
+from emeval.training.rewards import REWARDS, GatedReward
 
 
 def train(config, out=None, resume=False, overrides=(), progress=None):
@@ -16,4 +18,4 @@ def train(config, out=None, resume=False, overrides=(), progress=None):
     return run(config, out=out, resume=resume, overrides=overrides, progress=progress)
 
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["REWARDS", "GatedReward", "TrainConfig", "load_config", "load_conversations", "train"]
