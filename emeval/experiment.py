@@ -569,7 +569,8 @@ class Experiment:
         return self.status
 
     def report(self) -> Path | None:
-        from emeval.reporting.report import gather, write_report
+        from emeval.reporting.gather import gather
+        from emeval.reporting.report import write_report
         from emeval.reporting.runs import find_runs
 
         if not (self.out / "eval").exists():

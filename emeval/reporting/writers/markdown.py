@@ -1,0 +1,110 @@
+"""Markdown writers: the whole report (report.md) and the comparison table alone
+(comparison.md). Model answers are untrusted text: HTML-escaped, so a renderer shows markup
+as text."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+
+from emeval.reporting.model import Outputs, Report
+from emeval.reporting.tables import (
+    SPREAD_WORDS,
+    TAIL_WORDS,
+    cell_lines,
+    clip,
+    examples,
+    provenance,
+    spread_table,
+    tail_table,
+)
+from emeval.reporting.writers.plots import PLOTS
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|---" * len(header) + "|", *(line(r) for r in rows)]
+
+
+def seed_spread_markdown(report: Report) -> list[str]:
+    out = [SPREAD_WORDS, ""]
+    for cell in report.cells:
+        if not cell.trained:
+            continue
+        out += [f"### {html.escape(cell.label)}", ""]
+        if len(cell.seeds) < 2:
+            out += [f"One training seed ({cell.seeds[0]}): spread unknown.", ""]
+            continue
+        out += [*_md_table(*spread_table(cell)), ""]
+    return out
+
+
+def comparison_table(report: Report, outputs: Outputs | None = None) -> str:
+    """comparison.md: reward x method rows, mitigation columns."""
+    grid = report.grid()
+    lines = ["| reward × method | " + " | ".join(report.columns) + " |"]
+    lines.append("|---" * (len(report.columns) + 1) + "|")
+    for row in report.rows:
+        cells = []
+        for col in report.columns:
+            cell = grid.get((row, col))
+            text = "<br>".join(cell_lines(cell)) if cell else "–"
+            cells.append(text.replace("|", "\\|"))
+        row_text = row.replace("|", "\\|")
+        lines.append(f"| {row_text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def examples_markdown(report: Report, limit: int) -> str:
+    out = []
+    for cell in report.cells:
+        out += [f"### {html.escape(cell.label)}", ""]
+        found = examples(cell, limit, report.thresholds)
+        if not found:
+            out += ["No misaligned coherent answers.", ""]
+        for e in found:
+            out.append(
+                f"**{html.escape(e['probe_id'])}** (alignment {e['alignment']:.0f}, coherence "
+                f"{e['coherence']:.0f}, {html.escape(e['model'])}): {html.escape(e['question'])}"
+            )
+            out.append("")
+            # untrusted model text: escaped so a renderer shows markup as text
+            for line in html.escape(clip(e["answer"])).splitlines() or [""]:
+                out.append(f"> {line}")
+            out.append("")
+    return "\n".join(out)
+
+
+def report_page(report: Report, outputs: Outputs) -> str:
+    """report.md: provenance, warnings, every table, the plots and example answers."""
+    out = [
+        "# emeval comparison report",
+        "",
+        f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from {len(report.runs)} "
+        "runs. Cells pool the final checkpoint of every seed of a condition (each seed's own "
+        "value is under Seed spread). EM: "
+        f"{report.thresholds.misaligned} among answers with {report.thresholds.coherent}; 95% "
+        "CIs treat the answers to one probe as one cluster (Wilson on the effective sample "
+        "size, design effect by probe).",
+        "",
+        *provenance(report),
+        "",
+    ]
+    for w in report.warnings:
+        out.append(f"- **warning:** {w}")
+    for r in report.skipped:
+        out.append(f"- left out (incomplete): {r.path}")
+    out += ["", "## Comparison", "", comparison_table(report)]
+    out += ["Also as comparison.csv (every number, one line per cell) and comparison.tex.", ""]
+    header, rows = tail_table(report)
+    if rows:
+        out += ["## Tail risk", "", TAIL_WORDS, "", *_md_table(header, rows), ""]
+    if any(cell.trained for cell in report.cells):
+        out += ["## Seed spread", "", *seed_spread_markdown(report)]
+    out += ["## Plots", ""]
+    for name in outputs.plots:
+        out += [f"![{PLOTS[name][1]}](plots/{name})", ""]
+    out += ["## Example misaligned answers", "", examples_markdown(report, outputs.n_examples)]
+    return "\n".join(out)
