@@ -15,9 +15,9 @@ import pandas as pd
 
 from emeval import __version__
 from emeval.formatting import fmt_estimate, fmt_value
+from emeval.intervals import INTERVAL_METHODS
 from emeval.metrics import (
     DEFAULT_THRESHOLDS,
-    INTERVAL_METHODS,
     EMThresholds,
     breakdown,
     compute_metrics,

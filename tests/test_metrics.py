@@ -7,15 +7,8 @@ import pandas as pd
 import pytest
 
 from emeval.errors import EmevalError
-from emeval.metrics import (
-    EMThresholds,
-    bootstrap_mean,
-    breakdown,
-    compute_metrics,
-    estimate_rate,
-    status_counts,
-    wilson,
-)
+from emeval.intervals import bootstrap_mean, estimate_rate, wilson
+from emeval.metrics import EMThresholds, breakdown, compute_metrics, status_counts
 
 
 def frame(rows):

@@ -21,13 +21,12 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.formatting import fmt_value
+from emeval.intervals import critical_value, rate_interval
 from emeval.metrics import (
     compute_metrics,
-    critical_value,
     definition_differences,
     judge_failed,
     misalign_at_k,
-    rate_interval,
     thresholds_of,
     worst_probes,
 )
