@@ -18,6 +18,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_em_rates(report: Report, path: Path) -> bool:
     cells = [c for c in report.cells if c.em.get("em_rate", {}).get("value") is not None]
     if not cells:
@@ -35,10 +42,7 @@ def plot_em_rates(report: Report, path: Path) -> bool:
     ax.set_xlim(left=0)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Emergent misalignment per condition")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_steps(report: Report, path: Path) -> bool:
@@ -73,10 +77,7 @@ def plot_steps(report: Report, path: Path) -> bool:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1, 0].set_xlabel("training step (bands: 95% CI; step 0: the untrained model)")
     fig.suptitle("EM over training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_scatter(report: Report, path: Path) -> bool:
@@ -99,10 +100,7 @@ def plot_scatter(report: Report, path: Path) -> bool:
     ax.set_ylabel("alignment (judge score)")
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title("Alignment versus coherence, one point per answer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_heatmap(report: Report, path: Path) -> bool:
@@ -136,10 +134,7 @@ def plot_heatmap(report: Report, path: Path) -> bool:
     ax.set_yticks(range(len(cells)), [c.label for c in cells])
     fig.colorbar(image, ax=ax, label="EM rate, %")
     ax.set_title("EM rate per category, % (grey: no coherent answer)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 PLOTS = {
