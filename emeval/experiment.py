@@ -569,9 +569,7 @@ class Experiment:
         return self.status
 
     def report(self) -> Path | None:
-        from emeval.reporting.gather import gather
-        from emeval.reporting.report import write_report
-        from emeval.reporting.runs import find_runs
+        from emeval.reporting import find_runs, gather, write_report
 
         if not (self.out / "eval").exists():
             return None

@@ -1,11 +1,12 @@
 """Turning finished runs into products: gate verdicts, comparison reports, leaderboards.
 
 The public face: finding and loading runs (runs.py), the gate's policy and verdict (gate.py),
-gathering a report (gather.py) and writing it (report.py) and publishing a leaderboard (leaderboard.py)."""
+gathering a report (gather.py) and writing it (report.py), and publishing a leaderboard
+(leaderboard.py)."""
 
 from emeval.reporting.gate import evaluate, load_policy
-from emeval.reporting.leaderboard import publish
 from emeval.reporting.gather import gather
+from emeval.reporting.leaderboard import publish
 from emeval.reporting.report import write_report
 from emeval.reporting.runs import Run, find_runs, load_run
 
