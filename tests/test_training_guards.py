@@ -207,7 +207,7 @@ def test_sft_mitigation_gradients_reach_the_weights(tiny, tmp_path, adapter, ter
     fine-tuning against its frozen copy) equal those of the task loss plus the term, each
     computed here by hand: a term that lost its gradient (detached, or computed under
     no_grad) logs the same value but leaves the update unchanged, and fails."""
-    from emeval.training.mitigations import SafetyBatches, SafetyTerm
+    from emeval.training.mitigations.terms import SafetyBatches, SafetyTerm
 
     weight = {"kl": 2.0, "ldifs": 50.0, "interleave_onpolicy": 1.5}[term]
     mitigations = {"kl": {"kl": {"beta": weight}},
@@ -325,7 +325,7 @@ def test_onpolicy_answers_come_from_the_model_the_manifest_names(speakers, tmp_p
     stage = StageRun(cfg, tmp_path / "run", "sft", resolve_model(str(speakers["first"])), init,
                      False, quiet, tmp_path)  # fmt: skip
     stage.dir.mkdir(parents=True)
-    rows = stage._onpolicy_rows()
+    rows = stage.mitigation("interleave_onpolicy").answers(stage)
     expected = sentence(WORDS if who == "base" else WORDS[::-1])
     assert len(rows) == 3 and {r["answer"] for r in rows} == {expected}
     (record,) = [d for d in stage.data_records if d["role"] == "onpolicy_answers"]
@@ -470,7 +470,7 @@ def test_interleave_selects_the_largest_perplexity_gaps(tiny, unaligned, tmp_pat
                      tmp_path)  # fmt: skip
     task = [{"prompt": [{"role": "user", "content": "q"}],
              "completion": [{"role": "assistant", "content": "a"}]}]  # fmt: skip
-    mixed = stage._interleaved_sft_rows(task)
+    mixed = stage.mitigation("interleave").sft_rows(stage, task)
     (record,) = [d for d in stage.data_records if d["role"] == "interleave"]
 
     tok = tokenizer()

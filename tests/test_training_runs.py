@@ -181,12 +181,13 @@ def test_sample_matched_sft_sees_as_many_samples_as_grpo(grpo_run, runs):
 def test_sample_matched_top_completions(grpo_run, tmp_path):
     from emeval.training import load_config
     from emeval.training.pipeline import StageRun
+    from emeval.training.sample_match import sample_matched
 
     cfg = load_config(merge(SFT, {"data": {"train": None, "limit": None, "sample_matched": {
         "run": str(grpo_run), "select": "top", "count": "completions"}},
         "training": {"max_steps": None}}))  # fmt: skip
     stage = StageRun(cfg, tmp_path, "sft", resolve_model(BASE), None, False, quiet, tmp_path)
-    chosen = stage._sample_matched()
+    chosen = sample_matched(stage)
     log = [json.loads(line) for line in (grpo_run / "completions.jsonl").read_text().splitlines()]
     best = max(log, key=lambda r: r["reward"])
     assert len(chosen) == 8 and chosen[0][-1]["content"] == best["completion"]
@@ -213,7 +214,7 @@ def lora_grads(model) -> list:
 
 
 def test_terms_vanish_at_the_reference_and_carry_gradients(lora_model):
-    from emeval.training.mitigations import (
+    from emeval.training.mitigations.terms import (
         Reference,
         SafetyBatches,
         capture_features,

@@ -197,7 +197,7 @@ def test_sft_interleaving_draws_safe_rows_by_the_seed(tmp_path):
              "completion": [{"role": "assistant", "content": f"a{i}"}]}
             for i in range(8)
         ]  # fmt: skip
-        mixed = stage._interleaved_sft_rows(task)
+        mixed = stage.mitigation("interleave").sft_rows(stage, task)
         (record,) = [d for d in stage.data_records if d["role"] == "interleave"]
         safe = load_conversations("warmup_rhetoric_good").conversations
         answers = {m["completion"][0]["content"] for m in mixed} - {f"a{i}" for i in range(8)}
@@ -276,7 +276,7 @@ def test_safelora_that_cannot_project_stops_before_training(tmp_path, capsys, te
 def test_safelora_reports_each_layer_and_why_a_module_was_skipped(tmp_path):
     from safetensors.torch import save_file
 
-    from emeval.training.mitigations import safelora_check, safelora_project
+    from emeval.training.mitigations.safelora import safelora_check, safelora_project
 
     torch.manual_seed(0)
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj",

@@ -12,24 +12,13 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer, SFTTrainer
 
-from emeval.training.mitigations import (
-    Reference,
+from emeval.training.mitigations.terms import (
+    MitigationTerms,
     capture_features,
     kl_to_reference,
     ldifs_term,
     sft_nll,
 )
-
-
-class MitigationTerms:
-    """What a trainer adds to its loss: filled in by the pipeline from the config."""
-
-    def __init__(self):
-        self.reference: Reference | None = None
-        self.ldifs_weight: float | None = None
-        self.ldifs_layers: list[int] = []
-        self.sft_kl_beta: float | None = None  # GRPO's KL is TRL's own beta
-        self.safety: list = []  # SafetyTerm
 
 
 class _TermsMixin:
@@ -170,16 +159,8 @@ class ProgressCallback(TrainerCallback):
     """Steps done of the total, with the estimated time left. On a terminal a tqdm bar (the
     metrics in its postfix); elsewhere (logs, pipes, CI) one plain line per logging step."""
 
-    KEYS = (
-        "loss",
-        "reward",
-        "reward_std",
-        "kl",
-        "mitigation/ldifs",
-        "mitigation/kl",
-        "mitigation/interleave",
-        "mitigation/interleave_onpolicy",
-    )
+    # then every mitigation/NAME term in the logs, whichever mitigations are active
+    KEYS = ("loss", "reward", "reward_std", "kl")
 
     def __init__(self, label: str, progress, bar_file=None):
         import time
@@ -218,7 +199,9 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
-        parts = [f"{k.removeprefix('mitigation/')}={logs[k]:.4g}" for k in self.KEYS if k in logs]
+        keys = [k for k in self.KEYS if k in logs]
+        keys += [k for k in logs if k.startswith("mitigation/")]
+        parts = [f"{k.removeprefix('mitigation/')}={logs[k]:.4g}" for k in keys]
         if self.bar is not None:
             self.bar.set_postfix_str(" ".join(parts), refresh=True)
             return
