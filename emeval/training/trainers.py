@@ -12,13 +12,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer, SFTTrainer
 
-from emeval.training.mitigations.terms import (
-    MitigationTerms,
-    capture_features,
-    kl_to_reference,
-    ldifs_term,
-    sft_nll,
-)
+from emeval.training.mitigations.terms import Forward, MitigationTerms, capture_features, sft_nll
 
 
 class _TermsMixin:
@@ -40,24 +34,25 @@ class _TermsMixin:
         steps = getattr(self, "current_gradient_accumulation_steps", None)
         return max(1, steps or self.args.gradient_accumulation_steps)
 
-    def _safety_loss(self, model):
-        total = None
-        for term in self.emeval_terms.safety:
+    def _term(self, name: str, weight: float, value: torch.Tensor) -> torch.Tensor:
+        self._emeval_log(name, value)
+        return weight * value / self._accumulation()
+
+    def _with_terms(self, loss, model, forward: Forward | None):
+        """The task loss plus every mitigation term: those on the task batch (given its
+        forward pass) and the safety terms due at this step, on batches of their own."""
+        t = self.emeval_terms
+        if forward is not None:
+            for term in t.losses:
+                value = term.value(model, t.reference, forward)
+                loss = loss + self._term(term.name, term.weight, value)
+        for term in t.safety:
             if not term.due(self.state.global_step):
                 continue
             batch = term.batches.next(self.accelerator.device)
             self.emeval_safety_samples += int(batch["input_ids"].shape[0])
-            nll = sft_nll(model, batch)
-            self._emeval_log(term.name, nll)
-            part = term.weight * nll / self._accumulation()
-            total = part if total is None else total + part
-        return total
-
-    def _ldifs(self, model, input_ids, attention_mask, feats):
-        t = self.emeval_terms
-        distance = ldifs_term(model, t.reference, t.ldifs_layers, input_ids, attention_mask, feats)
-        self._emeval_log("ldifs", distance)
-        return t.ldifs_weight * distance / self._accumulation()
+            loss = loss + self._term(term.name, term.weight, sft_nll(model, batch))
+        return loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self.model.training or "loss" in logs:
@@ -106,46 +101,38 @@ class EmevalSFTTrainer(_TermsMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         t = self.emeval_terms
-        if return_outputs or not (t.ldifs_weight or t.sft_kl_beta or t.safety):
+        if return_outputs or not (t.losses or t.safety):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(inputs["input_ids"])
-        with capture_features(model, t.ldifs_layers if t.ldifs_weight else []) as feats:
-            if t.sft_kl_beta:
+        logits = labels = None
+        with capture_features(model, t.layers()) as feats:
+            if t.needs_logits():
                 loss, logits, labels = self._nll_and_logits(model, inputs, num_items_in_batch)
             else:
                 loss = super().compute_loss(model, inputs, False, num_items_in_batch)
-        if t.sft_kl_beta:
-            with t.reference.model(model) as ref, torch.no_grad():
-                ref_logits = ref(
-                    input_ids=inputs["input_ids"], attention_mask=mask, use_cache=False
-                ).logits[:, :-1]
-            kl = kl_to_reference(logits, ref_logits, labels != -100)
-            self._emeval_log("kl", kl)
-            loss = loss + t.sft_kl_beta * kl / self._accumulation()
-        if t.ldifs_weight:
-            loss = loss + self._ldifs(model, inputs["input_ids"], mask, feats)
-        safety = self._safety_loss(model)
-        return loss if safety is None else loss + safety
+        forward = Forward(inputs["input_ids"], mask, feats, logits, labels)
+        return self._with_terms(loss, model, forward)
 
 
 class EmevalGRPOTrainer(_TermsMixin, GRPOTrainer):
     def __init__(self, *args, terms: MitigationTerms | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._emeval_init(terms)
+        if self.emeval_terms.needs_logits():  # TRL computes GRPO's loss without them
+            raise RuntimeError("a mitigation term that reads the policy's logits is SFT only")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         t = self.emeval_terms
-        layers = t.ldifs_layers if t.ldifs_weight else []
-        with capture_features(model, layers) as feats:
+        with capture_features(model, t.layers()) as feats:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if t.ldifs_weight:
+        forward = None
+        if t.losses:
             ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
             mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            loss = loss + self._ldifs(model, ids, mask, feats)
-        safety = self._safety_loss(model)
-        return loss if safety is None else loss + safety
+            forward = Forward(ids, mask, feats)
+        return self._with_terms(loss, model, forward)
 
 
 def time_left(seconds: float) -> str:

@@ -27,5 +27,7 @@ class KL(Mitigation):
         return method == "sft"  # under GRPO, TRL keeps its own reference
 
     def add_terms(self, run, terms, model, tokenizer) -> None:
+        from emeval.training.mitigations.terms import KLTerm
+
         if run.cfg.method == "sft":
-            terms.sft_kl_beta = self.config.beta
+            terms.losses.append(KLTerm(self.name, self.config.beta))

@@ -18,6 +18,7 @@ class LDIFSConfig(Section):
 class LDIFS(Mitigation):
     name = "ldifs"
     Config = LDIFSConfig
+    layers_used: list[int] = []  # the configured layers as indices, once the model is known
 
     def check(self, stage) -> None:
         layers = self.config.layers
@@ -30,10 +31,10 @@ class LDIFS(Mitigation):
         return True
 
     def add_terms(self, run, terms, model, tokenizer) -> None:
-        from emeval.training.mitigations.terms import select_layers
+        from emeval.training.mitigations.terms import LDIFSTerm, select_layers
 
-        terms.ldifs_weight = self.config.weight
-        terms.ldifs_layers = select_layers(model, self.config.layers)
+        self.layers_used = select_layers(model, self.config.layers)
+        terms.losses.append(LDIFSTerm(self.name, self.config.weight, self.layers_used))
 
     def manifest(self, run) -> dict:
-        return super().manifest(run) | {"layers_used": run.trainer.emeval_terms.ldifs_layers}
+        return super().manifest(run) | {"layers_used": self.layers_used}

@@ -28,10 +28,61 @@ class MitigationTerms:
 
     def __init__(self):
         self.reference: Reference | None = None
-        self.ldifs_weight: float | None = None
-        self.ldifs_layers: list[int] = []
-        self.sft_kl_beta: float | None = None  # GRPO's KL is TRL's own beta
-        self.safety: list[SafetyTerm] = []
+        self.losses: list[LossTerm] = []  # computed on every task batch
+        self.safety: list[SafetyTerm] = []  # SFT terms on batches of their own
+
+    def layers(self) -> list[int]:
+        """The decoder layers whose outputs some term reads."""
+        return sorted({i for term in self.losses for i in term.layers})
+
+    def needs_logits(self) -> bool:
+        return any(term.needs_logits for term in self.losses)
+
+
+class Forward:
+    """What a loss term may read of the policy's forward pass on the task batch: its inputs,
+    the captured layer outputs and (SFT, when a term asks) the logits and labels, shifted so
+    that logits[:, t] predicts labels[:, t]."""
+
+    def __init__(self, input_ids, attention_mask, features: dict, logits=None, labels=None):
+        self.input_ids, self.attention_mask, self.features = input_ids, attention_mask, features
+        self.logits, self.labels = logits, labels
+
+
+class LossTerm:
+    """weight * value(...), added to the task loss on every micro-batch and logged as
+    mitigation/NAME. `layers`: the decoder layers whose outputs it reads; `needs_logits`: it
+    reads the policy's full logits (SFT only: GRPO's loss is TRL's own)."""
+
+    needs_logits = False
+
+    def __init__(self, name: str, weight: float, layers: list[int] = ()):
+        self.name, self.weight, self.layers = name, weight, list(layers)
+
+    def value(self, policy, reference: Reference, forward: Forward) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class KLTerm(LossTerm):
+    """KL(policy || reference) at the answer tokens."""
+
+    needs_logits = True
+
+    def value(self, policy, reference, forward):
+        with reference.model(policy) as ref, torch.no_grad():
+            ref_logits = ref(
+                input_ids=forward.input_ids, attention_mask=forward.attention_mask, use_cache=False
+            ).logits[:, :-1]
+        return kl_to_reference(forward.logits, ref_logits, forward.labels != -100)
+
+
+class LDIFSTerm(LossTerm):
+    """The feature distance to the reference at this term's layers."""
+
+    def value(self, policy, reference, forward):
+        mine = {i: forward.features[i] for i in self.layers}
+        ids, mask = forward.input_ids, forward.attention_mask
+        return ldifs_term(policy, reference, self.layers, ids, mask, mine)
 
 
 # ---------------------------------------------------------------- reference model
