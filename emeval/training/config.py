@@ -9,6 +9,7 @@ section and override what they name, so a warm-up and an RL stage share base, ad
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -209,28 +210,22 @@ class TrainConfig(Section):
         elif self.method == "sft" and not d.train:
             raise ConfigProblem("data.train", "is required for sft (a chat-jsonl file or dataset)")
         for plugin in self.mitigations.plugins():
-            with _in_section(plugin.name, ConfigProblem):
+            with _in_section(plugin.name):
                 plugin.check(self)
         return self
 
 
-class _in_section:
-    """Re-raise a mitigation's ConfigProblem with its section's path in front: as a
-    ConfigProblem inside pydantic, else (with a prefix) as the one-line EmevalError."""
-
-    def __init__(self, name: str, kind, prefix: str = ""):
-        self.section, self.kind, self.prefix = f"mitigations.{name}", kind, prefix
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, _type, problem, _tb):
-        if isinstance(problem, ConfigProblem):
-            key = f"{self.section}.{problem.key}" if problem.key else self.section
-            if self.kind is ConfigProblem:
-                raise ConfigProblem(key, problem.message) from None
-            raise config_error(self.prefix + key, problem.message) from None
-        return False
+@contextlib.contextmanager
+def _in_section(name: str, prefix: str | None = None):
+    """Put a mitigation's section path in front of its ConfigProblem: raised again as a
+    ConfigProblem inside pydantic (no prefix), else as the one-line EmevalError."""
+    try:
+        yield
+    except ConfigProblem as problem:
+        key = f"mitigations.{name}" + (f".{problem.key}" if problem.key else "")
+        if prefix is None:
+            raise ConfigProblem(key, problem.message) from None
+        raise config_error(prefix + key, problem.message) from None
 
 
 def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
@@ -261,7 +256,7 @@ def _ignored(cfg: TrainConfig, written: dict) -> list[tuple[str, str]]:
 def _check_start(cfg: TrainConfig, prefix: str) -> None:
     """Checks for a stage that starts from the base model."""
     for plugin in cfg.mitigations.plugins():
-        with _in_section(plugin.name, EmevalError, prefix):
+        with _in_section(plugin.name, prefix):
             plugin.check_start(cfg)
 
 

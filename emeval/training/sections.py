@@ -74,11 +74,6 @@ def check_positive(value, key: str, allow_zero: bool = False) -> None:
         raise ConfigProblem(key, "must not be negative" if allow_zero else "must be positive")
 
 
-def one_of(value, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigProblem(key, f"must be one of {', '.join(choices)} (got {value!r})")
-
-
 # ---------------------------------------------------------------- pydantic errors -> one line
 
 
@@ -124,20 +119,19 @@ def keys_of(model: type[BaseModel]) -> dict[str, Any]:
     return {f.alias or name: f for name, f in model.model_fields.items()}
 
 
-def _where(root: type[BaseModel], loc: tuple) -> tuple[str, Any, type[BaseModel] | None]:
-    """Follow an error location through the sections: (dotted path, annotation there, the
-    section that holds the last key). Stops at a union's member tags."""
-    path, tp, holder = "", root, None
+def _where(root: type[BaseModel], loc: tuple) -> tuple[str, Any]:
+    """Follow an error location through the sections: (dotted path, annotation there). Stops
+    at a union's member tags."""
+    path, tp = "", root
     for part in loc:
         model = _model_in(tp)
         if isinstance(part, int) and _list_item(tp) is not None:
             path, tp = f"{path}[{part}]", _list_item(tp)
         elif model is not None and part in keys_of(model):
-            holder = model
             path, tp = f"{path}.{part}" if path else part, keys_of(model)[part].annotation
         else:
             break
-    return path, tp, holder
+    return path, tp
 
 
 def translate(error: ValidationError, root: type[BaseModel], prefix: str) -> EmevalError:
@@ -146,17 +140,17 @@ def translate(error: ValidationError, root: type[BaseModel], prefix: str) -> Eme
     loc, kind = tuple(first["loc"]), first["type"]
     problem = (first.get("ctx") or {}).get("error")
     if isinstance(problem, ConfigProblem):
-        path, _, _ = _where(root, loc)
+        path, _ = _where(root, loc)
         if problem.key:
             path = f"{path}.{problem.key}" if path else problem.key
         return config_error(prefix + path, problem.message)
     if kind == "extra_forbidden":
-        path, _, _ = _where(root, loc[:-1])
-        model = _model_in(_where(root, loc[:-1])[1]) or root
+        path, tp = _where(root, loc[:-1])
+        model = _model_in(tp) or root
         known = ", ".join(sorted(keys_of(model)))
         key = f"{path}.{loc[-1]}" if path else str(loc[-1])
         return config_error(prefix + key, f"is not a known key (known: {known})")
-    path, tp, _ = _where(root, loc)
+    path, tp = _where(root, loc)
     if kind == "literal_error" and not isinstance(first["input"], str):
         return config_error(prefix + path, "must be a string")
     if kind == "literal_error":
