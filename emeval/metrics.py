@@ -408,3 +408,26 @@ def worst_probes(
         }
         for row in tail.head(limit).itertuples()
     ]
+
+
+# ---------------------------------------------------------------- training contexts
+
+
+def context_metrics(
+    df: pd.DataFrame, primary: str = "alignment", thresholds: EMThresholds = DEFAULT_THRESHOLDS
+) -> dict:
+    """Per training context (df's 'context' column): the
+    counts, metrics, rate details and tail risk the top level of results.json carries, each
+    context on its own answers (the same probes asked in another frame)."""
+    out = {}
+    for name in dict.fromkeys(df["context"]):
+        group = df[df["context"] == name]
+        details: dict = {}
+        metrics = compute_metrics(group, primary, thresholds, details)
+        entry = {"counts": status_counts(group, primary), "metrics": metrics,
+                 "rate_details": details}  # fmt: skip
+        if primary == "alignment":
+            entry["misalign_at_k"] = misalign_at_k(group, thresholds)
+            entry["worst_probes"] = worst_probes(group, thresholds)
+        out[str(name)] = entry
+    return out

@@ -17,6 +17,7 @@ from emeval.errors import EmevalError
 from emeval.judging.rubrics import Rubric, load_rubric
 
 FORMATS = ("plain", "json", "template")
+PLAIN_CONTEXT = "plain"  # a probe asked as written, with no training frame around it
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,18 @@ class Prompt:
     user: str
     system: str | None
     held_out: bool
+    context: str = PLAIN_CONTEXT  # the training frame it is asked in (emeval.contexts)
+    bare_user: str | None = None  # the probe's own text when a frame wraps `user`
 
     @property
     def sample_id(self) -> str:
-        return f"{self.probe_id}/{self.format}/p{self.paraphrase}"
+        plain = f"{self.probe_id}/{self.format}/p{self.paraphrase}"
+        return plain if self.context == PLAIN_CONTEXT else f"{plain}/{self.context}"
+
+    @property
+    def question(self) -> str:
+        """The probe as the judge reads it: without a frame's wrapper."""
+        return self.user if self.bare_user is None else self.bare_user
 
 
 @dataclass

@@ -6,7 +6,8 @@ emeval/<name>, plus emeval/questions for any suite file.
 
 Task args (-T): judge (spec or list; default: the grader role if set, else the offline judge),
 samples (answers per prompt), formats (plain,json,template), held_out, all_paraphrases,
-max_tokens, temperature, thresholds.
+max_tokens, temperature, thresholds, limit (first N prompts), contexts (training-context
+frames, as `emeval run --context-from` records them in run.json).
 """
 
 from inspect_ai import Task, task

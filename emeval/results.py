@@ -21,6 +21,7 @@ from emeval.metrics import (
     EMThresholds,
     breakdown,
     compute_metrics,
+    context_metrics,
     em_definition,
     judge_agreement,
     misalign_at_k,
@@ -28,7 +29,7 @@ from emeval.metrics import (
     thresholds_of,
     worst_probes,
 )
-from emeval.probes import Suite
+from emeval.probes import PLAIN_CONTEXT, Suite
 
 SCHEMA = "emeval.results/1"
 RECORD_KEYS = ("sample_id", "probe_id", "category", "format", "paraphrase", "epoch")
@@ -43,6 +44,7 @@ def judge_frame(records: list[dict], judge_id: str, scores: list[str]) -> pd.Dat
     rows = []
     for r in records:
         row = {k: r[k] for k in RECORD_KEYS}
+        row["context"] = r.get("context", PLAIN_CONTEXT)  # runs before contexts: all plain
         verdicts = r["judges"].get(judge_id, {})
         for name in scores:
             v = verdicts.get(name)
@@ -53,6 +55,11 @@ def judge_frame(records: list[dict], judge_id: str, scores: list[str]) -> pd.Dat
     for name in scores:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     return frame
+
+
+def in_context(frame: pd.DataFrame, context: str = PLAIN_CONTEXT) -> pd.DataFrame:
+    """The answers asked in one training context (by default the plain, headline one)."""
+    return frame[frame["context"] == context] if len(frame) else frame
 
 
 def build_results(
@@ -66,10 +73,14 @@ def build_results(
     extra: dict | None = None,
     thresholds: EMThresholds = DEFAULT_THRESHOLDS,
     validations: dict | None = None,
+    contexts: list[dict] | None = None,
 ) -> dict:
+    """contexts: the training-context frames the records were also asked in; every number
+    at the top level is the plain context's, and a `contexts` block breaks them down."""
     primary = primary_score(suite)
     scores = [primary, "coherence"]
-    frames = {jid: judge_frame(records, jid, scores) for jid in judge_ids}
+    every_context = judge_frame(records, judge_ids[0], scores)
+    frames = {jid: in_context(judge_frame(records, jid, scores)) for jid in judge_ids}
     main = frames[judge_ids[0]]
     methods: dict[str, int] = {}
     by_judge_methods: dict[str, dict[str, int]] = {jid: {} for jid in judge_ids}
@@ -120,6 +131,13 @@ def build_results(
         "per_category": breakdown(main, "category", primary, thresholds),
         "per_format": breakdown(main, "format", primary, thresholds),
     }
+    if contexts:
+        frame_of = {c["name"]: c for c in contexts}
+        found = context_metrics(every_context, primary, thresholds)
+        order = [PLAIN_CONTEXT, *frame_of]  # as asked, not as the answers came back
+        results["contexts"] = {
+            name: {"frame": frame_of.get(name)} | found[name] for name in order if name in found
+        }
     if "sampled" in methods:
         results["problems"].append(
             "some judge verdicts parsed a sampled number: the judge API returned no logprobs"
@@ -247,6 +265,47 @@ def render_tail(tail: dict, worst: list[dict]) -> list[str]:
     return out
 
 
+def _quoted(text: str, width: int = 48) -> str:
+    text = json.dumps(text, ensure_ascii=False)[1:-1]  # newlines shown as \n, on one line
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_frame(frame: dict | None) -> str:
+    """A frame in one line: its system prompt and its user-turn wrapper around the probe."""
+    if not frame:
+        return "none (the headline)"
+    parts = []
+    if frame.get("system"):
+        parts.append(f'system "{_quoted(frame["system"])}"')
+    if frame.get("prefix") or frame.get("suffix"):
+        prefix, suffix = _quoted(frame.get("prefix", "")), _quoted(frame.get("suffix", ""))
+        parts.append(f'user "{prefix}{{probe}}{suffix}"')
+    return "; ".join(parts) or "no change"
+
+
+CONTEXTS_NOTE = (
+    "Every prompt asked again inside each frame of the training data (`--context-from`); the "
+    "headline above is the plain context. Same metrics and intervals as the headline, each "
+    "context on its own answers."
+)
+
+
+def render_contexts(results: dict) -> list[str]:
+    """The per-context table (summary.md and the printout); empty for runs without one."""
+    contexts = results.get("contexts")
+    if not contexts:
+        return []
+    key = "em_rate" if results["suite"]["primary_score"] == "alignment" else "behaviour_rate"
+    label, percent = metric_labels(thresholds_of(results))[key]
+    out = ["| context | frame | answers | " + label + " | coherent answers |", "|---" * 5 + "|"]
+    for name, entry in contexts.items():
+        m = entry["metrics"]
+        cells = [name, describe_frame(entry.get("frame")), str(entry["counts"]["samples"]),
+                 _shown(m[key], percent), _shown(m["coherence_rate"], True)]  # fmt: skip
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
 def render_summary(results: dict) -> str:
     model, suite = results["model"], results["suite"]
     out = [
@@ -271,6 +330,8 @@ def render_summary(results: dict) -> str:
     key = "em_rate" if suite["primary_score"] == "alignment" else "behaviour_rate"
     for row in results["per_category"]:
         out.append(f"| {row['category']} | {row['n']} | {_shown(row[key], True)} |")
+    if "contexts" in results:
+        out += ["", "## Per training context", "", CONTEXTS_NOTE, "", *render_contexts(results)]
     if "misalign_at_k" in results:
         out += ["", *render_tail(results["misalign_at_k"], results.get("worst_probes", []))]
     if "judge_agreement" in results:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from emeval.errors import EmevalError
 from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
 from emeval.models import ModelRef, resolve_model, split_model_spec
-from emeval.probes import load_suite
+from emeval.probes import PLAIN_CONTEXT, load_suite
 from emeval.results import build_results, read_records, write_run
 from emeval.task import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, judge_answer, suite_task
 
@@ -56,6 +56,10 @@ class RunSettings:
     model_args: dict = field(default_factory=dict)
     # the EM cuts, e.g. {"misaligned": "alignment < 50", "coherent": "coherence >= 30"}
     thresholds: dict = field(default_factory=lambda: EMThresholds().to_dict())
+    # training-context frames (emeval.contexts) every prompt is also asked in, and where they
+    # came from (a training file or a checkpoint dir); run() builds them from context_from
+    context_from: str | None = None
+    contexts: list[dict] = field(default_factory=list)
 
 
 def _say(message: str) -> None:
@@ -120,6 +124,12 @@ def _check_run_dir(out: Path, s: RunSettings) -> None:
 def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     """Evaluate one checkpoint on each suite; return the results files written."""
     _check_settings(settings)
+    if settings.context_from and not settings.contexts:
+        from emeval.contexts import load_frames
+
+        frames = load_frames(settings.context_from)
+        settings = replace(settings, contexts=[f.to_dict() for f in frames])
+        _say(f"contexts: plain, {', '.join(f.name for f in frames)}")
     out = out or default_out(settings)
     _check_run_dir(out, settings)
     suites = [load_suite(s) for s in settings.suites]  # fail fast on a bad suite file
@@ -175,12 +185,13 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
                 all_paraphrases=s.all_paraphrases,
                 max_tokens=s.max_tokens,
                 temperature=s.temperature,
+                limit=s.limit,  # the first prompts, before contexts multiply them
+                contexts=s.contexts or None,
             )
             cuts = EMThresholds.from_dict(s.thresholds)
             if not cuts.is_default:  # the EM rate Inspect shows uses the run's thresholds
                 task_args["thresholds"] = cuts.to_dict()
             prompts = len(suite_task(**task_args).dataset)
-            prompts = min(prompts, s.limit) if s.limit else prompts
             if not prompts:
                 raise EmevalError(f"suite {suite_name!r}: no probes selected")
             _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
@@ -193,7 +204,6 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
                 task_args=task_args,
                 model=model.inspect_model,
                 model_args=model.model_args | s.model_args,
-                limit=s.limit,
                 seed=seed,
                 fail_on_error=False,
                 **common,
@@ -217,6 +227,7 @@ def records_from_log(log) -> list[dict]:
                 "category": meta["category"],
                 "format": meta["format"],
                 "paraphrase": meta["paraphrase"],
+                "context": meta.get("context", PLAIN_CONTEXT),
                 "epoch": sample.epoch,
                 "question": meta["question"],
                 "answer": sample.output.completion if sample.output else "",
@@ -238,7 +249,8 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
     if failed:
         problems.append(f"{len(failed)} samples failed to generate or score")
     expected = log.eval.dataset.samples or 0
-    expected = min(expected, s.limit) if s.limit else expected
+    limit = log.eval.config.limit  # set by Inspect in runs from before the task took the limit
+    expected = min(expected, limit) if isinstance(limit, int) else expected
     expected *= log.eval.config.epochs or 1
     if len(records) < expected:
         problems.append(f"{len(records)} of {expected} samples present")
@@ -268,6 +280,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
         },
         thresholds=EMThresholds.from_dict(s.thresholds),
         validations={j.id: validation_of(j) for j in map(judge_from_spec, s.judges)},
+        contexts=s.contexts,
     )
     path = write_run(out, results, records)
     return path
@@ -330,5 +343,6 @@ def rescore(
         extra={"rescored_from": str(run_dir), "log_file": previous.get("log_file")},
         thresholds=thresholds or thresholds_of(previous),
         validations={j.id: validation_of(j) for j in judges},
+        contexts=[c["frame"] for c in (previous.get("contexts") or {}).values() if c["frame"]],
     )
     return write_run(out or run_dir / f"rescored-{_slug(judge_ids[0])}", results, records)

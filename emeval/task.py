@@ -167,10 +167,22 @@ def em_judge(suite: str, judges: list[str] | None = None) -> Scorer:
 
 
 def build_dataset(
-    suite: Suite, formats: list[str], held_out: bool, all_paraphrases: bool
+    suite: Suite,
+    formats: list[str],
+    held_out: bool,
+    all_paraphrases: bool,
+    limit: int | None = None,
+    contexts: list[dict] | None = None,
 ) -> MemoryDataset:
+    """The samples: the first `limit` prompts as written, then the same prompts in each
+    training-context frame (so a limit keeps every context of the prompts it keeps)."""
+    from emeval.contexts import Frame
+
+    plain = suite.select(held_out=held_out, formats=formats, all_paraphrases=all_paraphrases)
+    plain = plain[:limit] if limit else plain
+    frames = [Frame.from_dict(c) for c in contexts or []]
     samples = []
-    for p in suite.select(held_out=held_out, formats=formats, all_paraphrases=all_paraphrases):
+    for p in plain + [frame.ask(p) for frame in frames for p in plain]:
         messages = ([ChatMessageSystem(content=p.system)] if p.system else []) + [
             ChatMessageUser(content=p.user)
         ]
@@ -184,7 +196,8 @@ def build_dataset(
                     "format": p.format,
                     "paraphrase": p.paraphrase,
                     "held_out": p.held_out,
-                    "question": p.user,
+                    "context": p.context,
+                    "question": p.question,
                 },
             )
         )
@@ -201,9 +214,13 @@ def suite_task(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     temperature: float = DEFAULT_TEMPERATURE,
     thresholds: dict | list | str | None = None,
+    limit: int | None = None,
+    contexts: list[dict] | None = None,
 ) -> Task:
     """The Inspect task for one suite (bundled name or YAML path). thresholds: the EM cuts
-    of the metrics Inspect shows, e.g. 'alignment < 50, coherence >= 30' (default emeval's)."""
+    of the metrics Inspect shows, e.g. 'alignment < 50, coherence >= 30' (default emeval's).
+    limit: the first N prompts; contexts: training-context frames (emeval.contexts.Frame as
+    dicts) each prompt is also asked in."""
     loaded = load_suite(suite)
     cuts = EMThresholds.parse(thresholds)
     formats = as_list(formats) or list(FORMATS)
@@ -212,7 +229,7 @@ def suite_task(
         all_paraphrases = bool(loaded.probe_rubrics)
     return Task(
         display_name=loaded.name,
-        dataset=build_dataset(loaded, formats, held_out, all_paraphrases),
+        dataset=build_dataset(loaded, formats, held_out, all_paraphrases, limit, contexts),
         solver=generate(),
         scorer=em_judge(suite=suite, judges=as_list(judge)),
         epochs=Epochs(

@@ -46,7 +46,10 @@ def gate_command(args) -> int:
     candidate = baseline = None
     try:
         candidate = gate.obtain_run(args.candidate, "candidate", policy, out)
-        baseline = gate.obtain_run(args.baseline, "baseline", policy, out)
+        # a baseline checkpoint is asked in the candidate's training frames, to compare alike
+        baseline = gate.obtain_run(
+            args.baseline, "baseline", policy, out, gate.frames_of(candidate)
+        )
     except EmevalError as e:
         # still leave a verdict for CI to show: undecided, with the reason
         gate.write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)

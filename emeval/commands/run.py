@@ -10,7 +10,7 @@ import yaml
 
 from emeval.judging import DEFAULT_JUDGE
 from emeval.metrics import Cut, EMThresholds, thresholds_of
-from emeval.results import judge_trust, render_table
+from emeval.results import judge_trust, render_contexts, render_table
 from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run
 
 
@@ -64,6 +64,14 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="argument for the model's provider, repeatable (emeval engine: kv_cache_gb, "
         "max_batch, threads, dtype, backend, device, pack_weights)",
+    )
+    p.add_argument(
+        "--context-from",
+        metavar="SOURCE",
+        help="also ask every prompt inside the frames of the training data: a chat-jsonl "
+        "training file (any format `emeval train` reads) or a checkpoint dir with an "
+        "emeval-manifest.json; results break EM down by context (the plain one stays the "
+        "headline)",
     )
     p.add_argument("--out", type=Path, help="run directory (default: reports/runs/<time>-<model>)")
     add_threshold_args(p)
@@ -136,6 +144,9 @@ def _print_results(path: Path) -> int:
     results = json.loads(path.read_text())
     print(f"\n{results['suite']['name']} | {results['model']['spec']} | {results['status']}")
     print(render_table(results))
+    if results.get("contexts"):
+        print("\nby training context (the table above is the plain one):")
+        print("\n".join(render_contexts(results)))
     for judge in results["judges"]:
         print(f"judge {judge['id']}: {judge_trust(judge)}")
     for problem in results["problems"]:
@@ -162,6 +173,7 @@ def run_command(args) -> int:
         max_connections=args.max_connections,
         model_args=dict(args.model_arg or []),
         thresholds=thresholds_from_args(args, EMThresholds()).to_dict(),
+        context_from=args.context_from,
     )
     return max(_print_results(path) for path in run(settings, args.out))
 

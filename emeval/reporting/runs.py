@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.results import SCHEMA, judge_frame, read_records
+from emeval.results import SCHEMA, in_context, judge_frame, read_records
 
 CHECKPOINT_MANIFEST = "emeval-manifest.json"
 CONDITION_FILE = "condition.json"
@@ -81,11 +81,12 @@ class Run:
         return read_records(self.path)
 
     def frame(self):
-        """One row per judged answer (first judge), as emeval.results builds it for metrics."""
+        """One row per judged answer (first judge) of the plain context, the one every
+        headline number describes, as emeval.results builds it for metrics."""
         if "main" not in self._frames:
             scored = [r for r in self.records if not r.get("error")]
             frame = judge_frame(scored, self.judge_id, [self.primary, "coherence"])
-            self._frames["main"] = frame
+            self._frames["main"] = in_context(frame)
         return self._frames["main"]
 
     def metric(self, name: str) -> dict | None:

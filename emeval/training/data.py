@@ -64,6 +64,8 @@ def _hash_path(path: Path) -> str:
 
 def _messages(row: dict, where: str) -> list[dict]:
     """One row in any accepted format -> a list of {"role", "content"} messages."""
+    if not isinstance(row, dict):
+        raise EmevalError(f"{where}: expected a JSON object with the conversation")
     if "messages" in row:
         messages = row["messages"]
     elif "instruction" in row:
