@@ -96,9 +96,9 @@ def _set_off_start(common: str) -> str:
 
 def shared_wrapper(users: list[str]) -> tuple[str, str]:
     """(prefix, suffix): the longest text every user turn starts with, and then ends with,
-    that is set off from the probe by whitespace after punctuation or by a line break. The suffix is looked for
-    after the prefix, and a side that would leave a turn without content is dropped. Needs
-    two turns: one turn alone would be all wrapper."""
+    that is set off from the probe by whitespace after punctuation or by a line break. The
+    suffix is looked for after the prefix, and a side that would leave a turn without content
+    is dropped. Needs two turns: one turn alone would be all wrapper."""
     if len(users) < 2:
         return "", ""
     prefix = _set_off_start(_common_prefix(users))
