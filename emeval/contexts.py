@@ -16,7 +16,6 @@ checkpoint dir whose emeval-manifest.json names its training data and inoculatio
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +24,7 @@ from pathlib import Path
 from emeval.errors import EmevalError
 from emeval.probes import PLAIN_CONTEXT, Prompt
 from emeval.reporting.runs import CHECKPOINT_MANIFEST as MANIFEST
+from emeval.reporting.runs import read_json_object
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,7 @@ def frames_from_manifest(checkpoint: Path) -> list[Frame]:
     """The frames a checkpoint's manifest leads to: those of its training data and its
     inoculation prompt. Training data that cannot be found is one clear error."""
     path = checkpoint / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EmevalError(f"{path}: unreadable manifest ({e})") from None
-    if not isinstance(manifest, dict):
-        raise EmevalError(f"{path}: expected a JSON object")
+    manifest = read_json_object(path)
     frames: list[Frame] = []
     for source in _training_sources(manifest):
         try:

@@ -160,14 +160,14 @@ def _manifest_dirs(run_dir: Path, results: dict) -> list[Path]:
 def read_condition(run_dir: Path, results: dict) -> Condition:
     for d in (run_dir, run_dir.parent):
         if (d / CONDITION_FILE).is_file():
-            return condition_from_manifest(_read_json(d / CONDITION_FILE), "condition.json")
+            return condition_from_manifest(read_json_object(d / CONDITION_FILE), "condition.json")
     for d in _manifest_dirs(run_dir, results):
         if (d / CHECKPOINT_MANIFEST).is_file():
-            return condition_from_manifest(_read_json(d / CHECKPOINT_MANIFEST), "manifest")
+            return condition_from_manifest(read_json_object(d / CHECKPOINT_MANIFEST), "manifest")
     return Condition(base=results["model"].get("base") or UNKNOWN)
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -210,7 +210,7 @@ def _reward(m: dict) -> str:
     if isinstance(matched, dict) and matched.get("run"):
         source = Path(matched["run"]) / CHECKPOINT_MANIFEST
         if source.is_file():  # the GRPO run it matched names the reward
-            reward = _name(_read_json(source).get("reward"))
+            reward = _name(read_json_object(source).get("reward"))
             if reward:
                 return reward
     for record in m.get("data") or []:
