@@ -149,7 +149,7 @@ def frames_from_conversations(conversations: list[list[dict]], where: str) -> li
 
 
 def frames_from_file(source: str) -> list[Frame]:
-    from emeval.training.data import load_conversations
+    from emeval.training import load_conversations
 
     data = load_conversations(source)
     return frames_from_conversations(data.conversations, str(data.path))
