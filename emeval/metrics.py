@@ -416,9 +416,9 @@ def worst_probes(
 def context_metrics(
     df: pd.DataFrame, primary: str = "alignment", thresholds: EMThresholds = DEFAULT_THRESHOLDS
 ) -> dict:
-    """Per training context (df's 'context' column): the
-    counts, metrics, rate details and tail risk the top level of results.json carries, each
-    context on its own answers (the same probes asked in another frame)."""
+    """Per training context (df's 'context' column): the counts, metrics, rate details and
+    tail risk the top level of results.json carries, each context on its own answers (the
+    same probes asked in another frame)."""
     out = {}
     for name in dict.fromkeys(df["context"]):
         group = df[df["context"] == name]
