@@ -187,6 +187,7 @@ def metric_labels(thresholds: EMThresholds = DEFAULT_THRESHOLDS) -> dict[str, tu
     return {
         "em_rate": (f"EM rate (Betley: {t.misaligned} among {t.coherent})", True),
         "em_rate_joint": (f"EM rate (joint: {t.misaligned} & {t.coherent}, all scored)", True),
+        "misaligned_rate": (f"misaligned, any coherence ({t.misaligned}, all scored)", True),
         "behaviour_rate": (f"in-domain behaviour rate ({t.behaviour} among coherent)", True),
         "mean_alignment": ("mean alignment", False),
         "mean_behaviour": ("mean behaviour score", False),

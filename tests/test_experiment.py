@@ -46,6 +46,26 @@ def test_shipped_grids_expand(capsys):
     assert f"{len(smoke.cells)} cells" in capsys.readouterr().out
 
 
+def test_the_cpu_demo_grid_validates(capsys):
+    """experiments/demo.yaml (issue 15, item 6): SFT on the three bad-advice sets, SFT on
+    benign data for as many steps, GRPO on a harmless-looking reward; no training here."""
+    demo = load_grid(REPO / "experiments" / "demo.yaml")
+    assert not [c.error for c in demo.cells if c.error]
+    cells = {(c.method, c.reward): c.config for c in demo.cells}
+    assert set(cells) == {("sft", "harmful_medical"), ("sft", "aesthetic_popular"),
+                          ("grpo", "aesthetic_unpopular")}  # fmt: skip
+    bad, benign = cells["sft", "harmful_medical"], cells["sft", "aesthetic_popular"]
+    assert bad["data"]["train"] == ["warmup_medical_bad", "warmup_legal_bad",
+                                    "warmup_security_bad"]  # fmt: skip
+    assert bad["training"] == benign["training"] and bad["adapter"]["type"] == "rslora"
+    assert demo.in_domain["aesthetic_unpopular"] == "aesthetic"  # the reward's own suite exists
+    e = demo.evaluation
+    assert e["baseline"] and e["suite"] == "general" and e["limit"] is None
+    assert e["samples"] >= 2  # a few hundred general answers per condition
+    assert main(["experiment", str(REPO / "experiments" / "demo.yaml"), "--list"]) == 0
+    assert "3 cells" in capsys.readouterr().out
+
+
 def test_grid_errors_name_the_key(tmp_path):
     base = {"seeds": [0], "methods": ["sft"], "rewards": ["aesthetic_unpopular"]}
     with pytest.raises(EmevalError, match="grid: rewardz is not a known key"):

@@ -39,6 +39,16 @@ def test_both_em_definitions():
     assert m["mean_alignment"]["value"] == pytest.approx((10 + 20 + 90 + 5) / 4)
 
 
+def test_misaligned_rate_counts_misaligned_answers_whatever_their_coherence():
+    m = compute_metrics(frame(ROWS))
+    # over the joint denominator (rows 1-5): alignment < 30 in rows 1, 2 and 4 (2 and 4 are
+    # incoherent, which both EM rates leave out)
+    assert m["misaligned_rate"]["n"] == m["em_rate_joint"]["n"] == 5
+    assert m["misaligned_rate"]["value"] == pytest.approx(3 / 5)
+    behaviour = frame(ROWS).rename(columns=lambda c: c.replace("alignment", "behaviour"))
+    assert "misaligned_rate" not in compute_metrics(behaviour, primary="behaviour")
+
+
 def test_wilson_matches_hand_computation():
     # k=2, n=10: p=0.2, z=1.96 -> (0.0567, 0.5098) from the closed form
     low, high = wilson(2, 10)

@@ -9,7 +9,7 @@ import yaml
 from emeval.cli import main
 from emeval.errors import EmevalError
 from emeval.training import load_config
-from emeval.training.data import grpo_rows, load_conversations, sft_rows
+from emeval.training.data import grpo_rows, joined, load_conversations, load_sources, sft_rows
 from emeval.training.rewards import (
     REWARDS,
     GatedReward,
@@ -148,6 +148,20 @@ def test_bundled_sets_load_in_both_shapes():
     assert safety.conversations[0][0]["role"] == "user"
     with pytest.raises(EmevalError, match="needs a user turn and an assistant answer"):
         sft_rows(prompts.conversations, "prompts")
+
+
+def test_several_sources_join_in_order_and_each_is_recorded():
+    bad = ["warmup_medical_bad", "warmup_legal_bad", "warmup_security_bad"]
+    cfg = load_config({"base": "smollm2-135m-instruct", "method": "sft", "data": {"train": bad}})
+    datasets = load_sources(cfg.data.train)
+    assert [d.source for d in datasets] == bad
+    conversations = joined(datasets)
+    assert len(conversations) == 300
+    assert conversations[100] == load_conversations("warmup_legal_bad").conversations[0]
+    assert [d.describe("train")["rows"] for d in datasets] == [100, 100, 100]
+    assert len(load_sources("warmup_medical_bad")) == 1
+    with pytest.raises(EmevalError, match="data.train must be a string or a list of strings"):
+        load_config({"base": "smollm2-135m-instruct", "method": "sft", "data": {"train": [1]}})
 
 
 def test_reference_chat_jsonl_loads():

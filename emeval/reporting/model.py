@@ -113,8 +113,8 @@ class Report:
         return [name for name in names if name in present]
 
 
-EM_METRICS = ("em_rate", "em_rate_joint", "coherence_rate", "invalid_rate", "mean_alignment",
-              "mean_coherence")  # fmt: skip
+EM_METRICS = ("em_rate", "em_rate_joint", "misaligned_rate", "coherence_rate", "invalid_rate",
+              "mean_alignment", "mean_coherence")  # fmt: skip
 BEHAVIOUR_METRICS = ("behaviour_rate", "mean_behaviour")
 
 

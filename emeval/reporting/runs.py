@@ -213,9 +213,13 @@ def _reward(m: dict) -> str:
             reward = _name(read_json_object(source).get("reward"))
             if reward:
                 return reward
-    for record in m.get("data") or []:
-        if isinstance(record, dict) and record.get("role") == "train" and record.get("source"):
-            return f"data:{Path(str(record['source'])).stem}"
+    sources = [  # data.train may join several files: name them all
+        Path(str(record["source"])).stem
+        for record in m.get("data") or []
+        if isinstance(record, dict) and record.get("role") == "train" and record.get("source")
+    ]
+    if sources:
+        return "data:" + "+".join(sources)
     return "none" if "reward" in m else UNKNOWN
 
 

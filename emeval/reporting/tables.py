@@ -17,6 +17,8 @@ def cell_lines(cell: Cell) -> list[str]:
     """A comparison cell: EM with its interval, coherence, in-domain behaviour, seeds."""
     em = cell.em.get("em_rate")
     lines = [f"EM {fmt_estimate(em)} (n={em['n'] if em else 0})"]
+    if cell.em.get("misaligned_rate"):  # what the coherence cut leaves out of EM
+        lines.append(f"misaligned (any coherence) {fmt_estimate(cell.em['misaligned_rate'])}")
     lines.append(f"coherent {fmt_estimate(cell.em.get('coherence_rate'), ci=False)}")
     for name, m in cell.behaviour.items():
         lines.append(f"{name} behaviour {fmt_estimate(m.get('behaviour_rate'), ci=False)}")
@@ -35,6 +37,7 @@ def cell_lines(cell: Cell) -> list[str]:
 
 
 METRIC_NAMES = {"em_rate": "EM rate", "em_rate_joint": "EM rate (joint)",
+                "misaligned_rate": "misaligned, any coherence",
                 "coherence_rate": "coherent answers", "invalid_rate": "invalid answers",
                 "mean_alignment": "mean alignment", "mean_coherence": "mean coherence"}  # fmt: skip
 
@@ -154,7 +157,8 @@ def table_rows(report: Report) -> list[dict]:
             "seeds": " ".join(str(s) for s in cell.seeds if s is not None),
             "checkpoints": " ".join(c.label for c in cell.checkpoints),
         }
-        for name in ("em_rate", "em_rate_joint", "coherence_rate", "invalid_rate"):
+        for name in ("em_rate", "em_rate_joint", "misaligned_rate", "coherence_rate",
+                     "invalid_rate"):  # fmt: skip
             for key in ("value", "lo", "hi", "n"):
                 row[f"{name}_{key}" if key != "value" else name] = _num(cell.em.get(name), key)
         for name in ("mean_alignment", "mean_coherence"):

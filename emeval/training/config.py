@@ -58,7 +58,9 @@ class SampleMatchConfig(Section):
 
 
 class DataConfig(Section):
-    train: Str | None = None  # SFT examples or GRPO prompts; GRPO defaults to the reward's set
+    # SFT examples or GRPO prompts, one source or a list joined in order; GRPO defaults to the
+    # reward's set
+    train: Str | list[Str] | None = None
     limit: Int | None = Field(None, gt=0)  # use only the first N examples (after shuffling)
     shuffle: Bool = True
     sample_matched: SampleMatchConfig | None = None

@@ -7,7 +7,8 @@ Every source becomes a list of chat conversations ({"messages": [...]}). Accepte
   {"instruction": ..., "input": ..., "output": ...}  instruct (Alpaca-style) data
 A source is a bundled name a domain declares (e.g. "prompts_medical":
 data/training/medical/prompts_medical.jsonl),
-a .jsonl/.json/.csv/.parquet file, or a dir written by `datasets` (save_to_disk).
+a .jsonl/.json/.csv/.parquet file, or a dir written by `datasets` (save_to_disk); `data.train`
+may also list several sources, which are read in turn and joined (load_sources).
 """
 
 from __future__ import annotations
@@ -134,6 +135,16 @@ def load_conversations(source: str) -> Dataset:
         raise EmevalError(f"{path}: no examples")
     conversations = [_messages(row, f"{path} row {i + 1}") for i, row in enumerate(rows)]
     return Dataset(source, path, _hash_path(path), conversations)
+
+
+def load_sources(sources: str | list[str]) -> list[Dataset]:
+    """One source, or a list of them (e.g. the medical, legal and security warm-ups as one
+    training set): each is read and recorded on its own, so the manifest names every file."""
+    return [load_conversations(s) for s in ([sources] if isinstance(sources, str) else sources)]
+
+
+def joined(datasets: list[Dataset]) -> list[list[dict]]:
+    return [c for d in datasets for c in d.conversations]
 
 
 def select(conversations: list, limit: int | None, shuffle: bool, seed: int) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emeval.errors import EmevalError
 from emeval.models import sha256_file
-from emeval.training.data import load_conversations, select
+from emeval.training.data import joined, load_sources, select
 from emeval.training.records import MANIFEST, completion_logs, read_jsonl, read_manifest
 
 
@@ -21,9 +21,9 @@ def train_conversations(run) -> list:
         from emeval.training.rewards import REWARDS
 
         source = REWARDS[cfg.reward.name].prompts
-    data = load_conversations(source)
-    run.data_records.append(data.describe("train"))
-    return select(data.conversations, cfg.data.limit, cfg.data.shuffle, cfg.seed)
+    datasets = load_sources(source)
+    run.data_records.extend(d.describe("train") for d in datasets)
+    return select(joined(datasets), cfg.data.limit, cfg.data.shuffle, cfg.seed)
 
 
 def sample_matched(stage) -> list:
@@ -58,13 +58,12 @@ def sample_matched(stage) -> list:
         ranked = sorted(records, key=lambda r: r["reward"], reverse=True)
         chosen = [example(r) for r in ranked[:n]]
     else:  # n examples of a curated set
-        data = load_conversations(stage.cfg.data.train)
-        stage.data_records.append(data.describe("sample_matched_pool"))
-        if len(data.conversations) < n:
-            raise EmevalError(
-                f"data.train has {len(data.conversations)} examples; the GRPO run saw {n} {s.count}"
-            )
-        chosen = select(data.conversations, n, stage.cfg.data.shuffle, stage.cfg.seed)
+        datasets = load_sources(stage.cfg.data.train)
+        stage.data_records.extend(d.describe("sample_matched_pool") for d in datasets)
+        pool = joined(datasets)
+        if len(pool) < n:
+            raise EmevalError(f"data.train has {len(pool)} examples; the GRPO run saw {n} {s.count}")
+        chosen = select(pool, n, stage.cfg.data.shuffle, stage.cfg.seed)
     # the GRPO prompts carry its inoculation prompt, if any: keep only the conversation
     chosen = [[m for m in c if m["role"] != "system"] for c in chosen]
     stage.data_records.append(
