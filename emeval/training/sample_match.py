@@ -62,7 +62,9 @@ def sample_matched(stage) -> list:
         stage.data_records.extend(d.describe("sample_matched_pool") for d in datasets)
         pool = joined(datasets)
         if len(pool) < n:
-            raise EmevalError(f"data.train has {len(pool)} examples; the GRPO run saw {n} {s.count}")
+            raise EmevalError(
+                f"data.train has {len(pool)} examples; the GRPO run saw {n} {s.count}"
+            )
         chosen = select(pool, n, stage.cfg.data.shuffle, stage.cfg.seed)
     # the GRPO prompts carry its inoculation prompt, if any: keep only the conversation
     chosen = [[m for m in c if m["role"] != "system"] for c in chosen]
