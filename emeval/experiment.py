@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from emeval.capability import BUNDLED, FOLDER, read_result
 from emeval.domains import in_domain_suite
 from emeval.errors import EmevalError
 from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
@@ -63,6 +64,8 @@ EVAL_DEFAULTS = {
     "checkpoints": "all",
     "baseline": True,
     "intermediate_in_domain": False,
+    "capability": True,  # final checkpoints: true (emeval's own check), false, or an Inspect task
+    "capability_limit": None,  # first N questions (or samples) of it; default: limit
 }
 DEFAULT_OUT_ROOT = Path("reports") / "experiments"
 
@@ -163,6 +166,9 @@ def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
     evaluation.update(given)
     if evaluation["checkpoints"] not in ("all", "final"):
         raise _err("evaluation.checkpoints", "must be all or final")
+    chosen = evaluation["capability"]
+    if not (isinstance(chosen, bool) or chosen is None or (isinstance(chosen, str) and chosen)):
+        raise _err("evaluation.capability", "must be true, false or an Inspect task's name")
     for key in ("train", "per_method", "sft_data", "in_domain"):
         if not isinstance(raw.get(key) or {}, dict):
             raise _err(key, "must be a mapping")
@@ -404,7 +410,7 @@ class Experiment:
         e = self.grid.evaluation
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONDITION_FILE).write_text(json.dumps(condition, indent=2))
-        made = 0
+        made, written = 0, []
         for suite in suites:
             if self._evaluated(run_dir, suite):
                 continue
@@ -418,11 +424,26 @@ class Experiment:
                 temperature=e["temperature"],
                 seed=condition.get("seed") or 0,
             )
-            (path,) = run(settings, out=run_dir / suite.replace("/", "_"))
+            written += run(settings, out=run_dir / suite.replace("/", "_"))
             made += 1
-        if made:
-            self._drop_merged_copy(path)
+        task = self._capability_task(condition.get("final"))
+        if task and not read_result(run_dir / FOLDER):
+            from emeval.capability import run_check
+
+            # not counted in `made`, the `emeval run` runs; a grid's limit (a quick check)
+            # cuts its questions too unless capability_limit says otherwise
+            limit = e["capability_limit"] or e["limit"]
+            written.append(run_check(model, run_dir / FOLDER, task=task, limit=limit))
+        if written:
+            self._drop_merged_copy(written[-1])
         return made
+
+    def _capability_task(self, final: bool) -> str | None:
+        """What measures a final checkpoint's benign capability: None when switched off."""
+        chosen = self.grid.evaluation["capability"]
+        if not final or chosen in (False, None):
+            return None
+        return BUNDLED if chosen is True else str(chosen)
 
     @staticmethod
     def _drop_merged_copy(results_path: Path) -> None:
@@ -499,10 +520,15 @@ class Experiment:
             return False
         if yaml.safe_load(previous.read_text()) != self._config(cell):
             return False  # the cell's process says why, in one line
+        done = checkpoints(train_dir, self.grid.evaluation["checkpoints"])
         return all(
             self._evaluated(self.out / "eval" / cell.name / label, suite)
-            for label, _, _, final in checkpoints(train_dir, self.grid.evaluation["checkpoints"])
+            for label, _, _, final in done
             for suite in self._suites(cell.reward, final)
+        ) and all(
+            read_result(self.out / "eval" / cell.name / label / FOLDER)
+            for label, _, _, final in done
+            if self._capability_task(final)
         )
 
     def _cell_work(self, cell: Cell) -> dict:
