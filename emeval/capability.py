@@ -6,7 +6,7 @@ were written and checked). A local model is scored exactly, without sampling: th
 text has the highest log-likelihood after the question is the model's choice. Any Inspect task
 (e.g. an inspect_evals benchmark) may stand in for it: its accuracy is read from the log.
 
-A check's result is OUT/capability.json: accuracy with a Wilson interval (metrics.wilson),
+A check's result is OUT/capability.json: accuracy with a Wilson interval (intervals.wilson),
 per area, and each question's option log-likelihoods.
 """
 
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.metrics import wilson
+from emeval.intervals import wilson
 from emeval.models import ModelRef, resolve_model
 from emeval.resources import resource_path
 from emeval.yaml_files import read_yaml_mapping
@@ -140,14 +140,10 @@ class OptionScorer:
         return totals
 
 
-def _share(k: int, n: int) -> dict:
-    low, high = wilson(k, n)
-    return {"value": k / n if n else None, "ci": [low, high] if n else [None, None], "n": n}
-
-
 def accuracy_of(correct: int, n: int) -> dict:
     """{"value", "ci" (Wilson 95%), "n", "correct"}: the one way a capability share is given."""
-    return _share(correct, n) | {"correct": correct}
+    ci = list(wilson(correct, n)) if n else [None, None]
+    return {"value": correct / n if n else None, "ci": ci, "n": n, "correct": correct}
 
 
 def _local_dir(model: ModelRef) -> Path:
@@ -168,8 +164,13 @@ def score_questions(model: ModelRef, questions: QuestionSet, limit: int | None =
         lls = scorer.loglikelihoods(q.prompt, q.options)
         chosen = max(range(len(lls)), key=lls.__getitem__)
         records.append(
-            {"id": q.id, "area": q.area, "chosen": chosen, "correct": chosen == q.key,
-             "loglikelihoods": [round(x, 4) for x in lls]}  # fmt: skip
+            {
+                "id": q.id,
+                "area": q.area,
+                "chosen": chosen,
+                "correct": chosen == q.key,
+                "loglikelihoods": [round(x, 4) for x in lls],
+            }  # fmt: skip
         )
     by_area = {}
     for area in AREAS:
@@ -235,17 +236,21 @@ def run_check(
     """Score one model with the bundled questions (task "own") or an Inspect task; write
     OUT/capability.json and return its path."""
     model = checkpoint if isinstance(checkpoint, ModelRef) else resolve_model(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
     if task == BUNDLED:
         result = score_questions(model, load_questions(questions), limit)
     else:
         result = score_inspect_task(model, task, out, limit)
-    result = {"schema": SCHEMA, "created": datetime.now(UTC).isoformat(), "model":
-              model.describe(), "limit": limit} | result  # fmt: skip
+    return write_result(out, result | {"model": model.describe(), "limit": limit})
+
+
+def write_result(out: Path, result: dict) -> Path:
+    """OUT/capability.json, written whole or not at all: a file present is a finished check."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"schema": SCHEMA, "created": datetime.now(UTC).isoformat()} | result
     path = out / RESULT_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    tmp.replace(path)  # a file present is a finished check
+    tmp.replace(path)
     return path
 
 
@@ -260,8 +265,15 @@ def read_result(out: Path) -> dict | None:
 
 def pooled_accuracy(results: list[dict]) -> dict | None:
     """Accuracy over several checks of one kind (e.g. a condition's seeds): correct answers
-    and questions summed. None when there are none."""
-    if not results:
+    and questions summed. None when there are none, or when they are different checks."""
+    if not results or len({r["check"]["name"] for r in results}) > 1:
         return None
     correct = sum(r["accuracy"]["correct"] for r in results)
     return accuracy_of(correct, sum(r["accuracy"]["n"] for r in results))
+
+
+def accuracy_beside(run_dirs) -> dict | None:
+    """Pooled accuracy of the checks beside these suite runs (each run_dir/../capability/,
+    where `emeval experiment` puts a checkpoint's check); None when none was run."""
+    folders = {Path(d).parent / FOLDER for d in run_dirs}
+    return pooled_accuracy([r for r in map(read_result, sorted(folders)) if r])

@@ -26,13 +26,22 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="override a grid key, e.g. --set evaluation.judge=offline:DIR (repeatable)",
     )
+    p.add_argument(
+        "--capability-task",
+        metavar="NAME",
+        help="measure benign capability with this Inspect task (e.g. inspect_evals/"
+        "mmlu_0_shot) instead of emeval's own check; same as --set evaluation.capability=NAME",
+    )
     p.set_defaults(func=experiment_command)
 
 
 def experiment_command(args) -> int:
     from emeval.experiment import Experiment, default_out, load_grid
 
-    grid = load_grid(args.grid, args.overrides)
+    overrides = list(args.overrides)
+    if args.capability_task:
+        overrides.append(f"evaluation.capability={args.capability_task}")
+    grid = load_grid(args.grid, overrides)
     out = args.out or default_out(grid)
     if args.list:
         for cell in grid.cells:

@@ -7,21 +7,17 @@ check (emeval/capability.py) or the Inspect task standing in for it; (d) coheren
 of coherent answers on the EM suite. Each with its 95% interval; seeds are pooled as in the
 report's cells. The untrained base model is the first row of every table, as the reference.
 
-A capability result lives in a `capability/` folder beside the suite runs of the checkpoint
-it measured (where `emeval experiment` writes it); checkpoints without one show n/a.
+Capability comes from the checks `emeval experiment` ran beside each checkpoint's suite runs
+(Cell.capability, emeval/capability.py); a condition without one shows n/a.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from emeval.capability import FOLDER, pooled_accuracy, read_result
 from emeval.domains import in_domain_suite
 from emeval.formatting import NA, fmt_estimate
-
-if TYPE_CHECKING:  # report.py renders these tables
-    from emeval.reporting.report import Cell, Report
+from emeval.reporting.model import Cell, Report
 
 CRITERIA = {
     "general_em": "(a) general EM",
@@ -47,14 +43,6 @@ class CriteriaRow:
     behaviour_suite: str | None = None
 
 
-def capability_of(cell: Cell) -> dict | None:
-    """Pooled capability accuracy of a cell's checkpoints (one result per checkpoint)."""
-    folders = {r.path.parent / FOLDER for c in cell.checkpoints for r in c.runs}
-    results = [r for r in map(read_result, sorted(folders)) if r]
-    kinds = {r["check"]["name"] for r in results}
-    return pooled_accuracy(results) if len(kinds) == 1 else None  # other checks don't pool
-
-
 def _behaviour(cell: Cell, reward: str) -> tuple[str | None, dict | None]:
     suite = in_domain_suite(reward)
     if suite is None and len(cell.behaviour) == 1:  # a grid's own in_domain mapping
@@ -68,7 +56,7 @@ def _row(cell: Cell, label: str, reward: str) -> CriteriaRow:
     values = {
         "general_em": cell.em.get("em_rate"),
         "behaviour": behaviour,
-        "capability": capability_of(cell),
+        "capability": cell.capability,
         "coherence": cell.em.get("coherence_rate"),
     }
     return CriteriaRow(label, cell.seeds if cell.trained else [], values, suite)
@@ -119,4 +107,3 @@ def criteria_json(report: Report) -> dict:
         ]
         for reward, rows in four_criteria(report).items()
     }
-

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from emeval.capability import accuracy_beside
 from emeval.errors import EmevalError
 from emeval.metrics import (
     EMThresholds,
@@ -165,6 +166,7 @@ def gather(runs: list[Run], include_incomplete: bool = False) -> Report:
         pooled = _measure(cell.checkpoints, em_suite, thresholds)
         cell.frame, cell.em, cell.behaviour = pooled.frame, pooled.em, pooled.behaviour
         cell.tail, cell.worst = pooled.tail, pooled.worst
+        cell.capability = accuracy_beside(r.path for c in cell.checkpoints for r in c.runs)
         if cell.em:
             cell.per_category = breakdown(cell.frame, "category", "alignment", thresholds)
         if cell.trained:  # runs that differ only by training seed: each seed on its own

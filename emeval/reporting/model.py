@@ -52,6 +52,7 @@ class Cell:
     tail: dict = field(default_factory=dict)  # misalign_at_k of the pooled EM-suite answers
     worst: list[dict] = field(default_factory=list)  # worst probes of the pooled answers
     by_seed: dict = field(default_factory=dict)  # training seed -> flat metrics (trained cells)
+    capability: dict | None = None  # pooled capability-check accuracy (emeval/capability.py)
 
     @property
     def label(self) -> str:

@@ -174,6 +174,10 @@ def table_rows(report: Report) -> list[dict]:
                 row[f"{suite}_behaviour_rate" + ("" if key == "value" else f"_{key}")] = _num(
                     m, key
                 )
+        if any(c.capability for c in report.cells):  # the capability check's accuracy
+            for key in ("value", "lo", "hi", "n"):
+                name = "capability" + ("" if key == "value" else f"_{key}")
+                row[name] = _num(cell.capability, key)
         spread = cell.spread() if cell.trained else {}
         for name in report.metric_names():  # the seeds' range; empty outside trained cells
             low, high = spread.get(name, {}).get("range", [None, None])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+from emeval.reporting import criteria
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import (
     SPREAD_WORDS,
@@ -68,6 +69,11 @@ def report_page(report: Report, outputs: Outputs) -> str:
                 parts.append(f"<p>One training seed ({e(str(cell.seeds[0]))}): spread unknown.</p>")
             else:
                 parts.append(_html_table(*spread_table(cell)))
+    tables = criteria.criteria_tables(report)
+    if tables:
+        parts += ["<h2>Mitigations: four criteria</h2>", f"<p>{e(criteria.WORDS)}</p>"]
+        for title, header, rows in tables:
+            parts += [f"<h3>{e(title)}</h3>", _html_table(header, rows)]
     parts.append("<h2>Plots</h2>")
     for name in outputs.plots:
         parts.append(f"<p><img src='plots/{e(name)}' alt='{e(PLOTS[name][1])}'></p>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from emeval.reporting.criteria import criteria_json
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import table_rows
 
@@ -40,6 +41,7 @@ def report_json(report: Report, outputs: Outputs) -> str:
             for c in report.cells
             if c.trained
         },
+        "four_criteria": criteria_json(report),
         "plots": outputs.plots,
     }
     return json.dumps(data, indent=2, default=str)

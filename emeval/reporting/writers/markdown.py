@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from datetime import UTC, datetime
 
+from emeval.reporting import criteria
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import (
     SPREAD_WORDS,
@@ -103,6 +104,11 @@ def report_page(report: Report, outputs: Outputs) -> str:
         out += ["## Tail risk", "", TAIL_WORDS, "", *_md_table(header, rows), ""]
     if any(cell.trained for cell in report.cells):
         out += ["## Seed spread", "", *seed_spread_markdown(report)]
+    tables = criteria.criteria_tables(report)
+    if tables:
+        out += ["## Mitigations: four criteria", "", criteria.WORDS, ""]
+        for title, header, rows in tables:
+            out += [f"### {html.escape(title)}", "", *_md_table(header, rows), ""]
     out += ["## Plots", ""]
     for name in outputs.plots:
         out += [f"![{PLOTS[name][1]}](plots/{name})", ""]
