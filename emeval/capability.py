@@ -97,24 +97,27 @@ def load_questions(path: Path | str | None = None) -> QuestionSet:
 class OptionScorer:
     """Log-likelihoods of answer options given a prompt, on a local causal LM (fp32, CPU)."""
 
-    def __init__(self, model_dir: Path, trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path, **load_args):
+        """load_args: a ModelRef's model_args (use_safetensors, trust_remote_code)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from emeval.backend.compute import can_pack, pack_linear_layers
 
-        self.tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        trust = bool(load_args.get("trust_remote_code"))
+        self.tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+            model_dir, dtype=torch.float32, **load_args
         ).eval()
         if can_pack(self.model):  # the same fp32 arithmetic, faster on a CPU
             pack_linear_layers(self.model)
 
     def encode(self, prompt: str, options) -> tuple[list[int], list[list[int]]]:
         """Prompt and continuations tokenized apart (" " + option), so every option is scored
-        on the same prompt tokens whatever its first word merges with."""
-        enc = lambda text: self.tok.encode(text, add_special_tokens=False)  # noqa: E731
-        return enc(prompt), [enc(" " + o) for o in options]
+        on the same prompt tokens whatever its first word merges with; the prompt gets the
+        tokenizer's own start token, if it has one."""
+        context = self.tok.encode(prompt)
+        return context, [self.tok.encode(" " + o, add_special_tokens=False) for o in options]
 
     def loglikelihoods(self, prompt: str, options) -> list[float]:
         """Sum of each option's token log-probabilities after the prompt. The prompt runs once;
@@ -157,8 +160,7 @@ def _local_dir(model: ModelRef) -> Path:
 
 def score_questions(model: ModelRef, questions: QuestionSet, limit: int | None = None) -> dict:
     """The model's choice on each question, and its accuracy overall and per area."""
-    scorer = OptionScorer(_local_dir(model), trust_remote_code=bool(model.model_args.get(
-        "trust_remote_code")))  # fmt: skip
+    scorer = OptionScorer(_local_dir(model), **model.model_args)
     records = []
     for q in questions.questions[:limit]:
         lls = scorer.loglikelihoods(q.prompt, q.options)
@@ -170,7 +172,7 @@ def score_questions(model: ModelRef, questions: QuestionSet, limit: int | None =
                 "chosen": chosen,
                 "correct": chosen == q.key,
                 "loglikelihoods": [round(x, 4) for x in lls],
-            }  # fmt: skip
+            }
         )
     by_area = {}
     for area in AREAS:

@@ -208,3 +208,25 @@ def test_the_pages_show_the_criteria(criteria_report):
     assert rows["| kl"][4] == "n/a"
     html_page = (criteria_report / "report.html").read_text()
     assert "<h2>Mitigations: four criteria</h2>" in html_page
+
+
+def test_an_experiment_checks_each_final_checkpoint_once(tmp_path):
+    """`emeval experiment` puts the check beside a final checkpoint's suite runs (with the
+    grid's limit on questions) and skips it when it is there; other checkpoints get none."""
+    from emeval.experiment import EVAL_DEFAULTS, Experiment, Grid
+
+    evaluation = EVAL_DEFAULTS | {"judge": "smollm2-135m-instruct", "limit": 1, "max_tokens": 4,
+                                  "capability_limit": 3}  # fmt: skip
+    grid = Grid("g", "smollm2-135m-instruct", [], evaluation, {}, "g.yaml")
+    experiment = Experiment(grid, tmp_path, isolate=False)
+    final = {"final": True, "seed": 0}
+    run_dir = tmp_path / "eval" / "base"
+    assert experiment.evaluate("smollm2-135m-instruct", run_dir, ["general"], final) == 1
+    check = run_dir / "capability" / "capability.json"
+    assert json.loads(check.read_text())["accuracy"]["n"] == 3
+    stamp = check.stat().st_mtime_ns
+    assert experiment.evaluate("smollm2-135m-instruct", run_dir, ["general"], final) == 0
+    assert check.stat().st_mtime_ns == stamp
+    assert experiment._capability_task(False) is None
+    grid.evaluation["capability"] = False
+    assert experiment._capability_task(True) is None
