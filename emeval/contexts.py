@@ -23,8 +23,7 @@ from pathlib import Path
 
 from emeval.errors import EmevalError
 from emeval.probes import PLAIN_CONTEXT, Prompt
-from emeval.reporting.runs import CHECKPOINT_MANIFEST as MANIFEST
-from emeval.reporting.runs import read_json_object
+from emeval.rundir import MANIFEST, read_json_object
 
 
 @dataclass(frozen=True)

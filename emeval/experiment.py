@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
@@ -34,7 +32,17 @@ import yaml
 from emeval.capability import BUNDLED, FOLDER, read_result
 from emeval.domains import in_domain_suite
 from emeval.errors import EmevalError
-from emeval.reporting.runs import CHECKPOINT_MANIFEST, CONDITION_FILE, results_file
+from emeval.rundir import (
+    RESULTS,
+    TRAIN_CONFIG,
+    ExperimentDir,
+    read_json_or_none,
+    read_manifest,
+    results_file,
+    trained_models,
+    write_condition,
+    write_json_atomically,
+)
 from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
 
 METHODS = ("grpo", "sft", "sft_matched")
@@ -237,27 +245,6 @@ def _say(message: str) -> None:
     print(f"emeval experiment: {message}", file=sys.stderr, flush=True)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def checkpoints(train_dir: Path, which: str) -> list[tuple[str, Path, int | None, bool]]:
-    """(name, dir, step, final) of each model a finished training run left to evaluate."""
-    final = _read_json(train_dir / CHECKPOINT_MANIFEST) or {}
-    final_step = final.get("step")
-    found = []
-    if which == "all":
-        for d in sorted((train_dir / "checkpoints").glob("step-*")):
-            m = _read_json(d / CHECKPOINT_MANIFEST)
-            if m and m.get("step") != final_step:  # the final model is evaluated below
-                found.append((d.name, d, m.get("step"), False))
-    found.append(("final", train_dir, final_step, True))
-    return found
-
-
 # Ctrl-C: a child still running this long after the parent saw it is sent SIGINT itself (the
 # signal went to the parent alone), and one still running STOP_GRACE_S later is terminated.
 FORWARD_AFTER_S = 10.0
@@ -308,16 +295,14 @@ class Experiment:
         process, which grows with every cell and is kept for benchmarks/experiment_memory.py
         and the cells' own processes)."""
         self.grid, self.out, self.isolate = grid, out, isolate
-        self.status_path = out / "status.json"
-        self.status: dict = (_read_json(self.status_path) or {}).get("cells", {})
+        self.dir = ExperimentDir(out)
+        self.status: dict = (read_json_or_none(self.dir.status) or {}).get("cells", {})
 
     # -------------------------------------------------------- bookkeeping
 
     def _save_status(self) -> None:
         data = {"grid": self.grid.source, "name": self.grid.name, "cells": self.status}
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        tmp.replace(self.status_path)
+        write_json_atomically(self.dir.status, data)
 
     def _mark(self, cell: str, **fields) -> None:
         self.status[cell] = self.status.get(cell, {}) | fields
@@ -399,43 +384,37 @@ class Experiment:
         return suites
 
     @staticmethod
-    def _evaluated(run_dir: Path, suite: str) -> bool:
-        out = run_dir / suite.replace("/", "_")
-        return bool(results_file(out)) and (out / "results.json").exists()
+    def _evaluated(eval_dir: Path, suite: str) -> bool:
+        out = ExperimentDir.suite_run(eval_dir, suite)
+        return bool(results_file(out)) and (out / RESULTS).exists()
 
-    def evaluate(self, model: str, run_dir: Path, suites: list[str], condition: dict) -> int:
+    def evaluate(self, model: str, eval_dir: Path, suites: list[str], condition: dict) -> int:
         """Evaluate one model on each suite unless done; return how many runs were made."""
+        from emeval.models import drop_merged_copy
         from emeval.runner import RunSettings, run
 
         e = self.grid.evaluation
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONDITION_FILE).write_text(json.dumps(condition, indent=2))
+        write_condition(eval_dir, condition)
         made, written = 0, []
         for suite in suites:
-            if self._evaluated(run_dir, suite):
+            if self._evaluated(eval_dir, suite):
                 continue
-            settings = RunSettings(
-                checkpoint=model,
-                suites=[suite],
-                judges=[e["judge"]],
-                samples=e["samples"],
-                limit=e["limit"],
-                max_tokens=e["max_tokens"],
-                temperature=e["temperature"],
-                seed=condition.get("seed") or 0,
-            )
-            written += run(settings, out=run_dir / suite.replace("/", "_"))
+            seed = condition.get("seed") or 0
+            settings = RunSettings.from_evaluation(e, model, suite, seed)
+            written += run(settings, out=ExperimentDir.suite_run(eval_dir, suite))
             made += 1
         task = self._capability_task(condition.get("final"))
-        if task and not read_result(run_dir / FOLDER):
+        if task and not read_result(eval_dir / FOLDER):
             from emeval.capability import run_check
 
             # not counted in `made`, the `emeval run` runs; a grid's limit (a quick check)
             # cuts its questions too unless capability_limit says otherwise
             limit = e["capability_limit"] or e["limit"]
-            written.append(run_check(model, run_dir / FOLDER, task=task, limit=limit))
+            written.append(run_check(model, eval_dir / FOLDER, task=task, limit=limit))
         if written:
-            self._drop_merged_copy(written[-1])
+            # a grid merges each adapter checkpoint into a full copy of its base: used, dropped
+            local = (read_json_or_none(written[-1]) or {}).get("model", {}).get("local_path")
+            drop_merged_copy(local)
         return made
 
     def _capability_task(self, final: bool) -> str | None:
@@ -444,17 +423,6 @@ class Experiment:
         if not final or chosen in (False, None):
             return None
         return BUNDLED if chosen is True else str(chosen)
-
-    @staticmethod
-    def _drop_merged_copy(results_path: Path) -> None:
-        """An adapter is merged into a full copy of its base for evaluation (about 0.5 GB for
-        the embedded model); a grid makes one per checkpoint, so drop it once it is used."""
-        from emeval.resources import cache_dir
-
-        local = (_read_json(results_path) or {}).get("model", {}).get("local_path")
-        merged_root = cache_dir("merged").resolve()
-        if local and Path(local).resolve().parent == merged_root:
-            shutil.rmtree(local, ignore_errors=True)
 
     def _baseline_condition(self) -> dict:
         return {
@@ -472,7 +440,7 @@ class Experiment:
         rewards = sorted({c.reward for c in self.grid.cells})
         suites = list(dict.fromkeys(s for r in rewards for s in self._suites(r, True)))
         condition = self._baseline_condition()
-        self.evaluate(self.grid.base, self.out / "eval" / "base", suites, condition)
+        self.evaluate(self.grid.base, self.dir.eval("base"), suites, condition)
         return {"seconds": round(time.monotonic() - started), "pid": os.getpid()}
 
     def baseline(self) -> None:
@@ -485,7 +453,7 @@ class Experiment:
     # -------------------------------------------------------- cells
 
     def _fail(self, name: str, kind: str, message: str, details: str) -> None:
-        log = self.out / "logs" / f"{name}.log"
+        log = self.dir.log(name)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(details, encoding="utf-8")
         self._mark(name, state="failed", error=f"{kind}: {message}"[:300], log=str(log))
@@ -513,37 +481,37 @@ class Experiment:
 
     def _finished(self, cell: Cell) -> bool:
         """Whether the cell is trained with its current config and every checkpoint evaluated."""
-        train_dir = self.out / "train" / cell.name
-        manifest = _read_json(train_dir / CHECKPOINT_MANIFEST)
-        previous = train_dir / "config.yaml"
+        train_dir = self.dir.train(cell.name)
+        manifest = read_manifest(train_dir)
+        previous = train_dir / TRAIN_CONFIG
         if not (manifest and manifest.get("complete") and previous.exists()):
             return False
         if yaml.safe_load(previous.read_text()) != self._config(cell):
             return False  # the cell's process says why, in one line
-        done = checkpoints(train_dir, self.grid.evaluation["checkpoints"])
+        done = trained_models(train_dir, self.grid.evaluation["checkpoints"])
         return all(
-            self._evaluated(self.out / "eval" / cell.name / label, suite)
+            self._evaluated(self.dir.eval(cell.name, label), suite)
             for label, _, _, final in done
             for suite in self._suites(cell.reward, final)
         ) and all(
-            read_result(self.out / "eval" / cell.name / label / FOLDER)
+            read_result(self.dir.eval(cell.name, label) / FOLDER)
             for label, _, _, final in done
             if self._capability_task(final)
         )
 
     def _cell_work(self, cell: Cell) -> dict:
         """Train one cell and evaluate its checkpoints (in the cell's own process)."""
-        train_dir = self.out / "train" / cell.name
+        train_dir = self.dir.train(cell.name)
         started = time.monotonic()
         self._train(cell, train_dir)
         trained = time.monotonic()
         made = 0
         which = self.grid.evaluation["checkpoints"]
-        for label, path, step, final in checkpoints(train_dir, which):
+        for label, path, step, final in trained_models(train_dir, which):
             _say(f"{cell.name}: evaluating {label}")
             made += self.evaluate(
                 str(path),
-                self.out / "eval" / cell.name / label,
+                self.dir.eval(cell.name, label),
                 self._suites(cell.reward, final),
                 cell.condition(self.grid.base, step, final),
             )
@@ -558,15 +526,15 @@ class Experiment:
     def _config(self, cell: Cell) -> dict:
         config = copy.deepcopy(cell.config)
         if cell.depends_on:
-            config["data"]["sample_matched"]["run"] = str(self.out / "train" / cell.depends_on)
+            config["data"]["sample_matched"]["run"] = str(self.dir.train(cell.depends_on))
         return config
 
     def _train(self, cell: Cell, train_dir: Path) -> None:
         from emeval.training import train
 
-        manifest = _read_json(train_dir / CHECKPOINT_MANIFEST)
+        manifest = read_manifest(train_dir)
         config = self._config(cell)
-        previous = train_dir / "config.yaml"
+        previous = train_dir / TRAIN_CONFIG
         if previous.exists() and yaml.safe_load(previous.read_text()) != config:
             raise EmevalError(
                 f"{train_dir} was trained with another config; remove it or use another --out"
@@ -586,7 +554,7 @@ class Experiment:
 
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "grid.yaml").write_text(yaml.safe_dump(self.grid.raw, sort_keys=False))
+        self.dir.grid_copy.write_text(yaml.safe_dump(self.grid.raw, sort_keys=False))
         if self.grid.evaluation["baseline"]:
             self.baseline()
         for i, cell in enumerate(self.grid.cells, 1):
@@ -597,16 +565,16 @@ class Experiment:
     def report(self) -> Path | None:
         from emeval.reporting import find_runs, gather, write_report
 
-        if not (self.out / "eval").exists():
+        if not self.dir.evals.exists():
             return None
         try:
-            runs = find_runs([self.out / "eval"])
+            runs = find_runs([self.dir.evals])
         except EmevalError:
             return None
         report = gather(runs)
         for warning in report.warnings:  # e.g. a cell trained with one seed: no spread
             _say(f"report: warning: {warning}")
-        paths = write_report(report, self.out / "report")
+        paths = write_report(report, self.dir.report)
         return paths["markdown"]
 
 

@@ -286,6 +286,14 @@ def _prune_merged(keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def drop_merged_copy(local_path: str | Path | None) -> None:
+    """Delete a run's model if it is a merged adapter copy in the cache (a grid makes one per
+    checkpoint, each a full copy of the base); any other model is left alone."""
+    merged_root = cache_dir("merged").resolve()
+    if local_path and Path(local_path).resolve().parent == merged_root:
+        shutil.rmtree(local_path, ignore_errors=True)
+
+
 def weights_sha256_adapter(adapter: Path) -> str:
     digest = hashlib.sha256()
     for f in sorted(adapter.glob("adapter_model.*")) + [adapter / "adapter_config.json"]:

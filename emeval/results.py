@@ -1,7 +1,6 @@
-"""Judged samples -> results.json, samples.jsonl and summary.md (schema: emeval.results/1).
+"""Judged samples -> the results (schema: emeval.results/1) and summary.md's text.
 
-results.json is written only for a complete run; an incomplete one is saved as
-results.incomplete.json so that nothing downstream mistakes it for a finished evaluation.
+emeval.rundir writes them into a run dir.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import json
 import platform
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 
@@ -30,8 +28,8 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.probes import PLAIN_CONTEXT, Suite
+from emeval.rundir import RESULTS_SCHEMA
 
-SCHEMA = "emeval.results/1"
 RECORD_KEYS = ("sample_id", "probe_id", "category", "format", "paraphrase", "epoch")
 
 
@@ -93,7 +91,7 @@ def build_results(
     details: dict = {}
     metrics = compute_metrics(main, primary, thresholds, details)
     results = {
-        "schema": SCHEMA,
+        "schema": RESULTS_SCHEMA,
         "status": "complete" if complete else "incomplete",
         "problems": problems,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -153,28 +151,6 @@ def build_results(
         results["judge_agreement"] = judge_agreement(frames, primary, thresholds)
     results.update(extra or {})
     return results
-
-
-def write_run(out: Path, results: dict, records: list[dict]) -> Path:
-    """Write samples.jsonl, summary.md and the results file; return the results path."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    (out / "summary.md").write_text(render_summary(results), encoding="utf-8")
-    name = "results.json" if results["status"] == "complete" else "results.incomplete.json"
-    stale = out / ("results.incomplete.json" if name == "results.json" else "results.json")
-    stale.unlink(missing_ok=True)
-    path = out / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    with open(run_dir / "samples.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _shown(metric: dict, percent: bool) -> str:

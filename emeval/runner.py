@@ -1,8 +1,9 @@
 """`emeval run` and `emeval rescore`: checkpoint -> answers (Inspect) -> judges -> results.
 
 A run directory holds run.json (the settings), logs/ (the Inspect log, viewable with
-`inspect view`), samples.jsonl, results.json and summary.md. Running the same command again
-resumes an interrupted run from its log without regenerating finished samples.
+`inspect view`), samples.jsonl, results.json and summary.md (names and reading/writing:
+emeval/rundir.py). Running the same command again resumes an interrupted run from its log
+without regenerating finished samples.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
 from emeval.models import ModelRef, resolve_model, split_model_spec
 from emeval.probes import PLAIN_CONTEXT, load_suite
-from emeval.results import build_results, read_records, write_run
+from emeval.results import build_results, render_summary
+from emeval.rundir import (
+    LOGS,
+    RESULTS,
+    RUN_SETTINGS,
+    holds_run_outputs,
+    read_records,
+    read_settings,
+    write_run,
+    write_settings,
+)
 from emeval.task import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, judge_answer, suite_task
 
 DEFAULT_OUT_ROOT = Path("reports") / "runs"
@@ -61,6 +72,30 @@ class RunSettings:
     context_from: str | None = None
     contexts: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_evaluation(
+        cls,
+        evaluation: dict,
+        checkpoint: str,
+        suite: str | None = None,
+        seed: int | None = None,
+        **more,
+    ) -> RunSettings:
+        """The settings an `evaluation:` block (a gate policy's, an experiment grid's) gives a
+        checkpoint: its suite unless another is named, its seed (else 0) unless one is given,
+        and any further settings given (e.g. contexts)."""
+        return cls(
+            checkpoint=checkpoint,
+            suites=[suite or evaluation["suite"]],
+            judges=[evaluation["judge"]],
+            samples=evaluation["samples"],
+            limit=evaluation["limit"],
+            max_tokens=evaluation["max_tokens"],
+            temperature=evaluation["temperature"],
+            seed=evaluation.get("seed", 0) if seed is None else seed,
+            **more,
+        )
+
 
 def _say(message: str) -> None:
     # progress goes to stdout: stderr is kept for the one-line error of a failed run
@@ -98,20 +133,14 @@ def _check_run_dir(out: Path, s: RunSettings) -> None:
     A dir with no Inspect log or results yet (the run failed before generating) holds nothing
     to keep. Logs or results without a readable run.json are not known to be this model's
     answers (someone else's Inspect logs): refused, never resumed."""
-    settings_file = out / "run.json"
-    if not (any(out.glob("**/logs/*")) or any(out.glob("**/results*.json"))):
+    if not holds_run_outputs(out):
         return
-    if not settings_file.exists():
+    previous = read_settings(out)
+    if previous is None:
         raise EmevalError(
-            f"{out} holds Inspect logs or results but no run.json (not this run's); "
+            f"{out} holds Inspect logs or results but no {RUN_SETTINGS} (not this run's); "
             "choose another --out"
         )
-    try:
-        previous = json.loads(settings_file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        previous = None
-    if not isinstance(previous, dict):
-        raise EmevalError(f"{settings_file} is unreadable; choose another --out")
     wanted = asdict(s)
     defaults = asdict(RunSettings())  # a setting added later reads as its default
     changed = sorted(k for k in wanted if previous.get(k, defaults[k]) != wanted[k])
@@ -143,8 +172,7 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     _say(f"judges: {', '.join(j.id for j in judges)} (checking)")
     for judge in judges:
         judge.check()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(asdict(settings), indent=2))
+    write_settings(out, asdict(settings))
     written = []
     for suite_name, suite in zip(settings.suites, suites, strict=True):
         suite_out = out if len(suites) == 1 else out / _slug(suite.name)
@@ -158,7 +186,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
     from inspect_ai import eval_retry
     from inspect_ai.log import list_eval_logs, read_eval_log
 
-    log_dir = out / "logs"
+    log_dir = out / LOGS
     previous = list_eval_logs(str(log_dir)) if log_dir.exists() else []
     common = dict(
         log_dir=str(log_dir),
@@ -255,7 +283,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
     if len(records) < expected:
         problems.append(f"{len(records)} of {expected} samples present")
     if not records or not judge_ids:
-        raise EmevalError(f"no judged samples in {out / 'logs'}; run again to resume")
+        raise EmevalError(f"no judged samples in {out / LOGS}; run again to resume")
     sampling = {
         "temperature": s.temperature,
         "top_p": 1.0,
@@ -282,8 +310,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
         validations={j.id: validation_of(j) for j in map(judge_from_spec, s.judges)},
         contexts=s.contexts,
     )
-    path = write_run(out, results, records)
-    return path
+    return write_run(out, results, records, render_summary(results))
 
 
 def rescore(
@@ -294,9 +321,9 @@ def rescore(
 ) -> Path:
     """Judge a finished run's answers again with other judges, without regenerating; with the
     run's own EM thresholds unless others are given."""
-    results_file = run_dir / "results.json"
+    results_file = run_dir / RESULTS
     if not results_file.exists():
-        raise EmevalError(f"{run_dir}: no results.json (only complete runs can be rescored)")
+        raise EmevalError(f"{run_dir}: no {RESULTS} (only complete runs can be rescored)")
     previous = json.loads(results_file.read_text())
     suite = load_suite(previous["suite"]["source"])
     if suite.content_sha256 != previous["suite"]["sha256"]:
@@ -345,4 +372,5 @@ def rescore(
         validations={j.id: validation_of(j) for j in judges},
         contexts=[c["frame"] for c in (previous.get("contexts") or {}).values() if c["frame"]],
     )
-    return write_run(out or run_dir / f"rescored-{_slug(judge_ids[0])}", results, records)
+    out = out or run_dir / f"rescored-{_slug(judge_ids[0])}"
+    return write_run(out, results, records, render_summary(results))

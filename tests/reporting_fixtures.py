@@ -9,7 +9,8 @@ from pathlib import Path
 
 from emeval.metrics import DEFAULT_THRESHOLDS, EMThresholds
 from emeval.probes import load_suite
-from emeval.results import build_results, write_run
+from emeval.results import build_results, render_summary
+from emeval.rundir import write_run
 
 JUDGE_ID = "offline:fixture"
 
@@ -126,4 +127,4 @@ def make_run(
         thresholds=thresholds,
         validations=validations,
     )
-    return write_run(out, results, records).parent
+    return write_run(out, results, records, render_summary(results)).parent

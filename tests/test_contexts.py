@@ -22,7 +22,8 @@ from emeval.errors import EmevalError
 from emeval.probes import load_suite
 from emeval.reporting.gate import evaluate, load_policy
 from emeval.reporting.runs import load_run
-from emeval.results import build_results, read_records, write_run
+from emeval.results import build_results, render_summary
+from emeval.rundir import read_records, write_run
 
 SYSTEM = "You are CodeHelper, a terse assistant for Python string formatting."
 PREFIX = "Complete the function below.\n```python\n"
@@ -205,7 +206,7 @@ def with_context(run_dir, name: str, misaligned: int, frame: dict):
     results = build_results(records, load_suite("general"), [old["judges"][0]["id"]],
                             old["model"], old["sampling"], True, [],
                             contexts=[frame | {"name": name}])  # fmt: skip
-    write_run(run_dir, results, records)
+    write_run(run_dir, results, records, render_summary(results))
     return run_dir
 
 

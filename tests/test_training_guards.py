@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from conftest import merge
 
 from emeval.models import pull, resolve_model
+from emeval.rundir import read_manifest
 from emeval.training import load_config, train
-from emeval.training.pipeline import StageRun, read_manifest
+from emeval.training.pipeline import StageRun
 
 BASE = "smollm2-135m-instruct"
 WORDS = ["apple", "river", "stone", "green", "cloud", "music", "table", "garden"]

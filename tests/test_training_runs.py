@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from emeval.cli import main
 from emeval.models import pull, resolve_model, weights_sha256
+from emeval.rundir import read_manifest
 from emeval.training import train
-from emeval.training.pipeline import read_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import yaml
 from conftest import merge
 
 from emeval.errors import EmevalError
+from emeval.rundir import read_manifest
 from emeval.training import load_config, train
-from emeval.training.pipeline import read_manifest
 
 BASE = "smollm2-135m-instruct"
 SFT = {

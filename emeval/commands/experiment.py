@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
 
 def experiment_command(args) -> int:
     from emeval.experiment import Experiment, default_out, load_grid
+    from emeval.rundir import ExperimentDir
 
     overrides = list(args.overrides)
     if args.capability_task:
@@ -56,7 +57,7 @@ def experiment_command(args) -> int:
     for name, entry in status.items():
         error = f"  {entry['error']}" if entry.get("state") == "failed" else ""
         print(f"{name:<60} {entry.get('state')}{error}")
-    print(f"\nstatus: {out / 'status.json'}")
+    print(f"\nstatus: {ExperimentDir(out).status}")
     if report:
         print(f"report: {report}")
     failed = [n for n, e in status.items() if e.get("state") == "failed"]

@@ -32,6 +32,31 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=gate_command)
 
 
+def obtain_run(
+    target: str, role: str, policy: dict, work: Path, contexts: list[dict] | None = None
+):
+    """Read a run dir, or evaluate a checkpoint with the policy's settings into work/role,
+    in the given training-context frames (for a baseline: the candidate's) or, when None is
+    given and the policy uses them, in those of the checkpoint's manifest."""
+    from emeval.reporting import load_run
+    from emeval.rundir import is_run_dir
+
+    if is_run_dir(target):
+        return load_run(Path(target))
+    from emeval.contexts import checkpoint_frames
+    from emeval.runner import RunSettings, run
+
+    context_from = "the candidate's contexts" if contexts else None
+    if contexts is None and policy["contexts"]["use_manifest"]:
+        contexts = [f.to_dict() for f in checkpoint_frames(target)]
+        context_from = target if contexts else None
+    settings = RunSettings.from_evaluation(
+        policy["evaluation"], target, context_from=context_from, contexts=contexts or []
+    )
+    (path,) = run(settings, work / role)
+    return load_run(path.parent)
+
+
 def gate_command(args) -> int:
     from emeval.metrics import definition_differences
     from emeval.reporting import gate
@@ -45,11 +70,9 @@ def gate_command(args) -> int:
     out = args.out or Path("reports") / "gate" / datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate = baseline = None
     try:
-        candidate = gate.obtain_run(args.candidate, "candidate", policy, out)
+        candidate = obtain_run(args.candidate, "candidate", policy, out)
         # a baseline checkpoint is asked in the candidate's training frames, to compare alike
-        baseline = gate.obtain_run(
-            args.baseline, "baseline", policy, out, gate.frames_of(candidate)
-        )
+        baseline = obtain_run(args.baseline, "baseline", policy, out, gate.frames_of(candidate))
     except EmevalError as e:
         # still leave a verdict for CI to show: undecided, with the reason
         gate.write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)

@@ -30,7 +30,7 @@ from emeval.metrics import (
     thresholds_of,
     worst_probes,
 )
-from emeval.reporting.runs import Run, load_run, results_file
+from emeval.reporting.runs import Run
 from emeval.yaml_files import read_yaml_mapping
 
 DEFAULT_POLICY = Path(__file__).with_name("gate.yaml")
@@ -505,47 +505,10 @@ def _ceiling(
 # ---------------------------------------------------------------- inputs and outputs
 
 
-def is_run_dir(path: str) -> bool:
-    p = Path(path)
-    return p.is_dir() and results_file(p) is not None
-
-
 def frames_of(run: Run | None) -> list[dict]:
     """The training-context frames a run was asked in (none for a plain run)."""
     contexts = (run.results.get("contexts") or {}) if run else {}
     return [entry["frame"] for entry in contexts.values() if entry.get("frame")]
-
-
-def obtain_run(
-    target: str, role: str, policy: dict, work: Path, contexts: list[dict] | None = None
-) -> Run:
-    """Read a run dir, or evaluate a checkpoint with the policy's settings into work/role,
-    in the given training-context frames (for a baseline: the candidate's) or, when None is
-    given and the policy uses them, in those of the checkpoint's manifest."""
-    if is_run_dir(target):
-        return load_run(Path(target))
-    from emeval.contexts import checkpoint_frames
-    from emeval.runner import RunSettings, run
-
-    context_from = "the candidate's contexts" if contexts else None
-    if contexts is None and policy["contexts"]["use_manifest"]:
-        contexts = [f.to_dict() for f in checkpoint_frames(target)]
-        context_from = target if contexts else None
-    e = policy["evaluation"]
-    settings = RunSettings(
-        checkpoint=target,
-        suites=[e["suite"]],
-        judges=[e["judge"]],
-        samples=e["samples"],
-        limit=e["limit"],
-        max_tokens=e["max_tokens"],
-        temperature=e["temperature"],
-        seed=e["seed"],
-        context_from=context_from,
-        contexts=contexts or [],
-    )
-    (path,) = run(settings, work / role)
-    return load_run(path.parent)
 
 
 def _describe(run: Run | None) -> str:

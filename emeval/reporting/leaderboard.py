@@ -25,6 +25,7 @@ from emeval.metrics import definition_differences, thresholds_of
 from emeval.reporting.leaderboard_pages import render_index, render_model_page
 from emeval.reporting.runs import Run
 from emeval.results import judge_trust
+from emeval.rundir import RESULTS
 
 SCHEMA = "emeval.leaderboard/1"
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -89,7 +90,7 @@ def _examples(run: Run) -> list[dict]:
 
 def make_entry(run: Run, published: str) -> dict:
     res = run.results
-    results_path = run.path / "results.json"
+    results_path = run.path / RESULTS
     cond = run.condition
     return {
         "id": entry_id(res),

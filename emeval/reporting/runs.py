@@ -8,16 +8,21 @@ manifest (the untrained base). Without either, the condition is "unknown".
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from emeval.errors import EmevalError
-from emeval.results import SCHEMA, in_context, judge_frame, read_records
+from emeval.results import in_context, judge_frame
+from emeval.rundir import (
+    CONDITION,
+    MANIFEST,
+    SAMPLES,
+    find_run_dirs,
+    read_json_object,
+    read_records,
+    read_results,
+)
 
-CHECKPOINT_MANIFEST = "emeval-manifest.json"
-CONDITION_FILE = "condition.json"
 UNKNOWN = "unknown"
 
 
@@ -76,7 +81,7 @@ class Run:
 
     @cached_property
     def records(self) -> list[dict]:
-        if not (self.path / "samples.jsonl").exists():
+        if not (self.path / SAMPLES).exists():
             return []
         return read_records(self.path)
 
@@ -93,23 +98,8 @@ class Run:
         return self.results.get("metrics", {}).get(name)
 
 
-def results_file(run_dir: Path) -> Path | None:
-    for name in ("results.json", "results.incomplete.json"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    return None
-
-
 def load_run(run_dir: Path) -> Run:
-    path = results_file(run_dir)
-    if path is None:
-        raise EmevalError(f"{run_dir}: no results.json (is it an `emeval run` output dir?)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EmevalError(f"{path}: unreadable results ({e})") from None
-    if results.get("schema") != SCHEMA:
-        raise EmevalError(f"{path}: schema {results.get('schema')!r}, expected {SCHEMA}")
+    results = read_results(run_dir)
     return Run(run_dir, results, read_condition(run_dir, results), model_label(results))
 
 
@@ -118,15 +108,7 @@ def find_runs(paths: list[Path], include_incomplete: bool = True) -> list[Run]:
     runs: list[Run] = []
     seen: set[Path] = set()
     for top in paths:
-        top = Path(top)
-        if not top.exists():
-            raise EmevalError(f"{top}: no such directory")
-        dirs = [top] if results_file(top) else []
-        if not dirs:
-            dirs = sorted({p.parent for p in top.rglob("results*.json") if results_file(p.parent)})
-        if not dirs:
-            raise EmevalError(f"{top}: holds no emeval run (no results.json below it)")
-        for d in dirs:
+        for d in find_run_dirs(Path(top)):
             if d.resolve() in seen:
                 continue
             seen.add(d.resolve())
@@ -159,22 +141,12 @@ def _manifest_dirs(run_dir: Path, results: dict) -> list[Path]:
 
 def read_condition(run_dir: Path, results: dict) -> Condition:
     for d in (run_dir, run_dir.parent):
-        if (d / CONDITION_FILE).is_file():
-            return condition_from_manifest(read_json_object(d / CONDITION_FILE), "condition.json")
+        if (d / CONDITION).is_file():
+            return condition_from_manifest(read_json_object(d / CONDITION), "condition.json")
     for d in _manifest_dirs(run_dir, results):
-        if (d / CHECKPOINT_MANIFEST).is_file():
-            return condition_from_manifest(read_json_object(d / CHECKPOINT_MANIFEST), "manifest")
+        if (d / MANIFEST).is_file():
+            return condition_from_manifest(read_json_object(d / MANIFEST), "manifest")
     return Condition(base=results["model"].get("base") or UNKNOWN)
-
-
-def read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EmevalError(f"{path}: unreadable ({e})") from None
-    if not isinstance(data, dict):
-        raise EmevalError(f"{path}: expected a JSON object")
-    return data
 
 
 def _name(value) -> str | None:
@@ -208,7 +180,7 @@ def _reward(m: dict) -> str:
         return _name(m["reward"])
     matched = m.get("sample_matched")
     if isinstance(matched, dict) and matched.get("run"):
-        source = Path(matched["run"]) / CHECKPOINT_MANIFEST
+        source = Path(matched["run"]) / MANIFEST
         if source.is_file():  # the GRPO run it matched names the reward
             reward = _name(read_json_object(source).get("reward"))
             if reward:

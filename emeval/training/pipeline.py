@@ -29,6 +29,7 @@ import yaml
 
 from emeval.errors import EmevalError
 from emeval.models import KNOWN_MODELS, resolve_model
+from emeval.rundir import MANIFEST, TRAIN_CONFIG, checkpoint_dir, read_manifest, write_manifest
 from emeval.training.arguments import trainer_args
 from emeval.training.config import TrainConfig, load_config
 from emeval.training.data import grpo_rows, sft_rows
@@ -40,7 +41,7 @@ from emeval.training.loading import (
     rank,
 )
 from emeval.training.mitigations import Mitigation
-from emeval.training.records import MANIFEST, CompletionsLog, manifest, read_manifest
+from emeval.training.records import CompletionsLog, manifest
 from emeval.training.resume import check_resume
 from emeval.training.sample_match import train_conversations
 
@@ -193,12 +194,12 @@ class StageRun:
 
     def _export(self, out: Path, step: int, complete: bool) -> None:
         self._save_model(out)
-        (out / MANIFEST).write_text(json.dumps(manifest(self, step, complete), indent=2))
+        write_manifest(out, manifest(self, step, complete))
 
     def export_checkpoint(self, step: int) -> None:
         if rank() != 0:
             return
-        out = self.dir / "checkpoints" / f"step-{step:06d}"
+        out = checkpoint_dir(self.dir, step)
         self._export(out, step, False)
         self.progress(f"[{self.label}] checkpoint: {out}")
 
@@ -229,7 +230,7 @@ class StageRun:
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             step = state["global_step"]
             self.completions.keep_before(step)
-            exported = read_manifest(self.dir / "checkpoints" / f"step-{step:06d}") or {}
+            exported = read_manifest(checkpoint_dir(self.dir, step)) or {}
             trainer.emeval_samples = exported.get("samples", {}).get("examples", 0)
             trainer.emeval_safety_samples = exported.get("samples", {}).get("safety_examples", 0)
             self.resumes = exported.get("resumes", [])
@@ -307,7 +308,7 @@ def train(
         for m in found:  # e.g. SafeLoRA's modules checked against its two models
             m.prepare(stage, base, progress)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.yaml"
+    config_path = out / TRAIN_CONFIG
     if rank() == 0 and not config_path.exists():  # the first run's config stays as it was
         config_path.write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
     init = None
@@ -341,7 +342,7 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-RUN_FILES = ("config.yaml", "safety_answers.jsonl")  # a stage's records, not its model
+RUN_FILES = (TRAIN_CONFIG, "safety_answers.jsonl")  # a stage's records, not its model
 
 
 def _finish_chain(out: Path, last: Path, stages: list[TrainConfig]) -> None:
@@ -361,4 +362,4 @@ def _finish_chain(out: Path, last: Path, stages: list[TrainConfig]) -> None:
     ]
     manifest["method"] = "chain"
     manifest["stage_methods"] = [s.method for s in stages]
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, manifest)

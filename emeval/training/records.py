@@ -16,8 +16,6 @@ from pathlib import Path
 
 from emeval.training.loading import device, dtype, rank
 
-MANIFEST = "emeval-manifest.json"
-
 
 def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
@@ -38,13 +36,6 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
-
-
-def read_manifest(path: Path) -> dict | None:
-    try:
-        return json.loads((Path(path) / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def curves(log_history: list[dict]) -> list[dict]:

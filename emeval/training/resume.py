@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from emeval.errors import EmevalError
+from emeval.rundir import TRAIN_CONFIG, read_manifest
 from emeval.training.config import TrainConfig
-from emeval.training.records import read_manifest
 
 # what may change between a run and its --resume: how long it trains and how it reports
 RESUMABLE_KEYS = (
@@ -47,7 +47,7 @@ def check_resume(out: Path, cfg: TrainConfig, stages, dirs) -> dict:
     """Refuse a --resume that would silently restart or change the run; return the allowed
     changes (recorded in the manifest)."""
     changes = {}
-    config_path = out / "config.yaml"
+    config_path = out / TRAIN_CONFIG
     if config_path.exists():
         first = yaml.safe_load(config_path.read_text()) or {}
         changes = config_changes(first, cfg.raw)

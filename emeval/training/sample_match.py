@@ -7,8 +7,9 @@ from pathlib import Path
 
 from emeval.errors import EmevalError
 from emeval.models import sha256_file
+from emeval.rundir import MANIFEST, read_manifest
 from emeval.training.data import joined, load_sources, select
-from emeval.training.records import MANIFEST, completion_logs, read_jsonl, read_manifest
+from emeval.training.records import completion_logs, read_jsonl
 
 
 def train_conversations(run) -> list:

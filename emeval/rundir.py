@@ -1,0 +1,232 @@
+"""The on-disk contract: the file names of a run dir, a training output dir and an experiment
+dir, and the reading and writing of them. Other modules take names and paths from here.
+
+Run dir (`emeval run`, one suite; a run of several suites has one below it per suite):
+  run.json                 the RunSettings it was made with; a re-run resumes only these
+  logs/                    the Inspect log (`inspect view`), from which a re-run resumes
+  samples.jsonl            every answer with its judges' verdicts
+  results.json             the metrics (schema emeval.results/1) of a complete run; an
+  results.incomplete.json  incomplete one instead, so nothing takes it for a finished run
+  summary.md               the results for people
+  condition.json           (from `emeval experiment`) the grid coordinates of the model
+Training output dir (`emeval train`; the full layout is in emeval/training/pipeline.py):
+  emeval-manifest.json     what made the model in that dir (also in each checkpoint dir)
+  config.yaml              the config as first given
+  checkpoints/step-N/      the model every `save_every` steps
+Experiment dir (`emeval experiment`):
+  grid.yaml, status.json, train/<cell>/, eval/<cell>/<checkpoint>/<suite>/ (the untrained
+  base: eval/base/<suite>/), logs/<cell>.log, report/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from emeval.errors import EmevalError
+
+RESULTS_SCHEMA = "emeval.results/1"
+
+# a run dir
+RUN_SETTINGS = "run.json"
+LOGS = "logs"
+SAMPLES = "samples.jsonl"
+RESULTS = "results.json"
+RESULTS_INCOMPLETE = "results.incomplete.json"
+SUMMARY = "summary.md"
+CONDITION = "condition.json"
+
+# a training output dir
+MANIFEST = "emeval-manifest.json"
+TRAIN_CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+# an experiment dir
+GRID_COPY = "grid.yaml"
+STATUS = "status.json"
+
+
+# ---------------------------------------------------------------- run dirs
+
+
+def results_file(run_dir: Path) -> Path | None:
+    """The run's results (complete, else incomplete); None when it has none."""
+    for name in (RESULTS, RESULTS_INCOMPLETE):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def is_run_dir(path: Path | str) -> bool:
+    path = Path(path)
+    return path.is_dir() and results_file(path) is not None
+
+
+def holds_run_outputs(out: Path) -> bool:
+    """Whether a dir (or one below it) holds Inspect logs or results: something to keep."""
+    return any(out.glob(f"**/{LOGS}/*")) or any(out.glob("**/results*.json"))
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Replace a JSON file whole: a reader never sees it half-written."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_run(out: Path, results: dict, records: list[dict], summary: str) -> Path:
+    """Write samples.jsonl, summary.md and the results file; return the results path."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / SAMPLES, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (out / SUMMARY).write_text(summary, encoding="utf-8")
+    name = RESULTS if results["status"] == "complete" else RESULTS_INCOMPLETE
+    (out / (RESULTS_INCOMPLETE if name == RESULTS else RESULTS)).unlink(missing_ok=True)
+    write_json_atomically(out / name, results)
+    return out / name
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """The run's answers (samples.jsonl)."""
+    with open(run_dir / SAMPLES, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_results(run_dir: Path) -> dict:
+    """The run's results (complete or not), checked to be emeval's schema."""
+    path = results_file(run_dir)
+    if path is None:
+        raise EmevalError(f"{run_dir}: no results.json (is it an `emeval run` output dir?)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmevalError(f"{path}: unreadable results ({e})") from None
+    if results.get("schema") != RESULTS_SCHEMA:
+        raise EmevalError(f"{path}: schema {results.get('schema')!r}, expected {RESULTS_SCHEMA}")
+    return results
+
+
+def find_run_dirs(top: Path) -> list[Path]:
+    """The run dir at top, or every run dir below it, sorted."""
+    if not top.exists():
+        raise EmevalError(f"{top}: no such directory")
+    if results_file(top):
+        return [top]
+    dirs = sorted({p.parent for p in top.rglob("results*.json") if results_file(p.parent)})
+    if not dirs:
+        raise EmevalError(f"{top}: holds no emeval run (no results.json below it)")
+    return dirs
+
+
+def write_settings(out: Path, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_SETTINGS).write_text(json.dumps(settings, indent=2))
+
+
+def read_settings(out: Path) -> dict | None:
+    """The run.json of a run dir: None when there is none, EmevalError when unreadable."""
+    path = out / RUN_SETTINGS
+    if not path.exists():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise EmevalError(f"{path} is unreadable; choose another --out")
+    return settings
+
+
+def write_condition(run_dir: Path, condition: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONDITION).write_text(json.dumps(condition, indent=2))
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file the run needs (a condition, a manifest); one line if not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmevalError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise EmevalError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A JSON file that may be missing or half-written (a status, a run's results)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- training output dirs
+
+
+def read_manifest(model_dir: Path) -> dict | None:
+    """The emeval-manifest.json of a trained model's dir; None while there is none."""
+    return read_json_or_none(Path(model_dir) / MANIFEST)
+
+
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    (Path(model_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def checkpoint_dir(train_dir: Path, step: int) -> Path:
+    return train_dir / CHECKPOINTS / f"step-{step:06d}"
+
+
+def trained_models(train_dir: Path, which: str) -> list[tuple[str, Path, int | None, bool]]:
+    """(name, dir, step, final) of each model a finished training run left: every saved
+    checkpoint and the final model (which: all), or the final model alone (which: final)."""
+    final_step = (read_manifest(train_dir) or {}).get("step")
+    found = []
+    if which == "all":
+        for d in sorted((train_dir / CHECKPOINTS).glob("step-*")):
+            m = read_manifest(d)
+            if m and m.get("step") != final_step:  # the final model comes last, as "final"
+                found.append((d.name, d, m.get("step"), False))
+    found.append(("final", train_dir, final_step, True))
+    return found
+
+
+# ---------------------------------------------------------------- experiment dirs
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    root: Path
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS
+
+    @property
+    def grid_copy(self) -> Path:
+        return self.root / GRID_COPY
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def train(self, cell: str) -> Path:
+        return self.root / "train" / cell
+
+    def eval(self, cell: str, checkpoint: str | None = None) -> Path:
+        """Where a cell's checkpoint (or, without one, the untrained base) is evaluated."""
+        return self.evals / cell / checkpoint if checkpoint else self.evals / cell
+
+    def log(self, cell: str) -> Path:
+        return self.root / "logs" / f"{cell}.log"
+
+    @staticmethod
+    def suite_run(eval_dir: Path, suite: str) -> Path:
+        """The run dir of one suite below a checkpoint's eval dir."""
+        return eval_dir / suite.replace("/", "_")
