@@ -122,7 +122,8 @@ def measure(grid_file: Path, out: Path, in_process: bool) -> dict:
 def worker(grid_file: Path, out: Path, in_process: bool) -> int:
     """What `emeval experiment GRID --out OUT` does (cells in-process if asked); a failing
     report, which runs after every cell has ended, is said but does not void the figures."""
-    from emeval.experiment import Experiment, load_grid
+    from emeval.experiment import Experiment
+    from emeval.grid import load_grid
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

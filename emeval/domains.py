@@ -4,7 +4,7 @@ tasks/<name>/domain.yaml declares all of a domain: the Inspect task's descriptio
 suite file and datasheet (in the folder), its training data (under data/training/<name>/) and
 the GRPO rewards trained on that data. The Inspect tasks (registry.py), the reward table
 (training/rewards.py), the bundled suite and data names (probes.py, training/data.py) and an
-experiment's in-domain suite per reward (experiment.py) are all read from here.
+experiment's in-domain suite per reward (grid.py) are all read from here.
 """
 
 from __future__ import annotations

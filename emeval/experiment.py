@@ -1,9 +1,10 @@
 """`emeval experiment GRID.yaml`: train a grid of conditions, evaluate every checkpoint, report.
 
-A grid crosses seeds x methods (grpo, sft, sft_matched) x rewards x mitigations on one base
-model. Each cell trains with emeval.training.train into OUT/train/<cell>/, then every saved
-checkpoint is evaluated with one suite and judge into OUT/eval/<cell>/<step>/<suite>/, next
-to a condition.json naming its grid coordinates. Running the grid again skips what is done
+The grid (seeds x methods x rewards x mitigations on one base model) is read into cells by
+emeval/grid.py; the experiment dir's layout is emeval/rundir.py's ExperimentDir. Each cell
+trains with emeval.training.train into OUT/train/<cell>/, then every saved checkpoint is
+evaluated with one suite and judge into OUT/eval/<cell>/<step>/<suite>/, next to a
+condition.json naming its grid coordinates. Running the grid again skips what is done
 (a trained cell has a complete manifest, an evaluated checkpoint a results.json) and resumes
 what is not; a cell that fails is logged to OUT/logs/<cell>.log and the others go on.
 OUT/status.json says where each cell stands; OUT/report/ is `emeval report OUT/eval`.
@@ -17,21 +18,19 @@ parent only keeps the books (status.json, logs) and never imports torch.
 from __future__ import annotations
 
 import copy
-import itertools
 import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from emeval.capability import BUNDLED, FOLDER, read_result
-from emeval.domains import in_domain_suite
 from emeval.errors import EmevalError
+from emeval.grid import Cell, Grid
 from emeval.rundir import (
     RESULTS,
     TRAIN_CONFIG,
@@ -43,202 +42,8 @@ from emeval.rundir import (
     write_condition,
     write_json_atomically,
 )
-from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
 
-METHODS = ("grpo", "sft", "sft_matched")
-GRID_KEYS = {
-    "name",
-    "base",
-    "seeds",
-    "methods",
-    "rewards",
-    "mitigations",
-    "exclude",
-    "train",
-    "per_method",
-    "sft_data",
-    "grader",
-    "evaluation",
-    "in_domain",
-}
-EVAL_DEFAULTS = {
-    "suite": "general",
-    "in_domain": True,
-    "judge": "offline",
-    "samples": None,
-    "limit": None,
-    "max_tokens": 256,
-    "temperature": 1.0,
-    "checkpoints": "all",
-    "baseline": True,
-    "intermediate_in_domain": False,
-    "capability": True,  # final checkpoints: true (emeval's own check), false, or an Inspect task
-    "capability_limit": None,  # first N questions (or samples) of it; default: limit
-}
 DEFAULT_OUT_ROOT = Path("reports") / "experiments"
-
-
-@dataclass
-class Cell:
-    seed: int
-    method: str
-    reward: str
-    mitigation: str
-    config: dict | None = None  # the emeval train config; None when it could not be built
-    error: str | None = None  # why the config is invalid
-    depends_on: str | None = None  # the GRPO cell a sample-matched SFT cell copies
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-{self.reward}-{self.mitigation}-s{self.seed}"
-
-    def condition(self, base: str, step: int | None, final: bool) -> dict:
-        return {
-            "base": base,
-            "method": self.method,
-            "reward": self.reward,
-            "mitigations": [] if self.mitigation == "none" else self.mitigation.split("+"),
-            "seed": self.seed,
-            "step": step,
-            "final": final,
-        }
-
-
-@dataclass
-class Grid:
-    name: str
-    base: str
-    cells: list[Cell]
-    evaluation: dict
-    in_domain: dict[str, str]  # reward -> in-domain suite
-    source: str
-    raw: dict = field(repr=False, default_factory=dict)
-
-
-# ---------------------------------------------------------------- reading the grid
-
-
-def _err(key: str, message: str) -> EmevalError:
-    return EmevalError(f"grid: {key} {message}")
-
-
-def _list(raw: dict, key: str, kind=str) -> list:
-    value = raw.get(key)
-    if value is None:
-        raise _err(key, "is required")
-    value = value if isinstance(value, list) else [value]
-    if not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise _err(key, f"must be a non-empty list of {kind.__name__}s")
-    return value
-
-
-def _excluded(cell: Cell, rules: list[dict]) -> bool:
-    return any(all(str(getattr(cell, k)) == str(v) for k, v in rule.items()) for rule in rules)
-
-
-def load_grid(path: Path, overrides: list[str] = ()) -> Grid:
-    raw = read_yaml_mapping(path, "grid")
-    apply_overrides(raw, overrides, "evaluation.limit=4")
-    unknown = sorted(set(raw) - GRID_KEYS)
-    if unknown:
-        raise _err(unknown[0], f"is not a known key (known: {', '.join(sorted(GRID_KEYS))})")
-    name = str(raw.get("name") or Path(path).stem)
-    base = raw.get("base") or "smollm2-135m-instruct"
-    seeds = _list(raw, "seeds", int)
-    methods = _list(raw, "methods")
-    for m in methods:
-        if m not in METHODS:
-            raise _err("methods", f"must be among {', '.join(METHODS)} (got {m!r})")
-    if "sft_matched" in methods and "grpo" not in methods:
-        raise _err("methods", "sft_matched copies the grpo cells' samples: list grpo too")
-    rewards = _list(raw, "rewards")
-    mitigations = raw.get("mitigations") or {"none": {}}
-    if not isinstance(mitigations, dict) or not all(
-        isinstance(v, dict | None) for v in mitigations.values()
-    ):
-        raise _err("mitigations", "must map a name to an emeval train mitigations block")
-    exclude = raw.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(r, dict) for r in exclude):
-        raise _err("exclude", "must be a list of mappings such as {method: sft, mitigation: kl}")
-    for rule in exclude:
-        bad = set(rule) - {"seed", "method", "reward", "mitigation"}
-        if bad:
-            raise _err("exclude", f"rules match on seed, method, reward, mitigation (not {bad})")
-    evaluation = dict(EVAL_DEFAULTS)
-    given = raw.get("evaluation") or {}
-    if not isinstance(given, dict):
-        raise _err("evaluation", "must be a mapping")
-    for key in given:
-        if key not in EVAL_DEFAULTS:
-            raise _err(f"evaluation.{key}", f"is not a known key ({', '.join(EVAL_DEFAULTS)})")
-    evaluation.update(given)
-    if evaluation["checkpoints"] not in ("all", "final"):
-        raise _err("evaluation.checkpoints", "must be all or final")
-    chosen = evaluation["capability"]
-    if not (isinstance(chosen, bool) or chosen is None or (isinstance(chosen, str) and chosen)):
-        raise _err("evaluation.capability", "must be true, false or an Inspect task's name")
-    for key in ("train", "per_method", "sft_data", "in_domain"):
-        if not isinstance(raw.get(key) or {}, dict):
-            raise _err(key, "must be a mapping")
-    in_domain = {r: in_domain_suite(r) for r in rewards} | (raw.get("in_domain") or {})
-    grid = Grid(name, base, [], evaluation, in_domain, str(path), raw)
-    for seed, method, reward, mitigation in itertools.product(seeds, methods, rewards, mitigations):
-        cell = Cell(seed, method, reward, str(mitigation))
-        if _excluded(cell, exclude):
-            continue
-        _build_config(cell, raw, base, mitigations[mitigation] or {})
-        grid.cells.append(cell)
-    if not grid.cells:
-        raise _err("exclude", "leaves no cell to run")
-    order = {m: i for i, m in enumerate(METHODS)}  # GRPO first: sample matching reads it
-    grid.cells.sort(key=lambda c: (order[c.method], c.reward, c.mitigation, c.seed))
-    return grid
-
-
-def _build_config(cell: Cell, raw: dict, base: str, mitigation: dict) -> None:
-    """The emeval train config of one cell, checked by the training module's own loader."""
-    from emeval.training.config import load_config
-
-    config = deep_merge(raw.get("train") or {}, (raw.get("per_method") or {}).get(cell.method))
-    config.update(base=base, seed=cell.seed, method="sft" if cell.method != "grpo" else "grpo")
-    config["mitigations"] = copy.deepcopy(mitigation) or None
-    if config["mitigations"] is None:
-        config.pop("mitigations")
-    data = config.setdefault("data", {})
-    if cell.method == "grpo":
-        reward = {"name": cell.reward, "grader": raw.get("grader", "offline")}
-        config["reward"] = deep_merge(config.get("reward") or {}, reward)
-    elif cell.method == "sft":
-        source = (raw.get("sft_data") or {}).get(cell.reward)
-        if not source:
-            cell.error = f"grid: sft_data.{cell.reward} names no SFT data for this reward"
-            return
-        data["train"] = source
-    else:
-        cell.depends_on = Cell(cell.seed, "grpo", cell.reward, cell.mitigation).name
-        data.pop("train", None)
-        # the shared data.limit/shuffle pick the other cells' data; the matched samples are
-        # the GRPO run's own, so only a per_method sft_matched value reaches this cell
-        own = ((raw.get("per_method") or {}).get(cell.method) or {}).get("data") or {}
-        for key in ("limit", "shuffle"):
-            if key not in own:
-                data.pop(key, None)
-        # one pass over exactly the matched samples: a shared step count must not apply
-        config.setdefault("training", {}).pop("max_steps", None)
-        config["training"]["epochs"] = 1
-        data["sample_matched"] = deep_merge(
-            {"select": "best", "count": "prompts"}, data.get("sample_matched") or {}
-        )
-        data["sample_matched"]["run"] = "<set when the grpo cell has run>"
-    try:
-        load_config(config)
-    except EmevalError as e:
-        cell.error = str(e)
-        return
-    cell.config = config
-
-
-# ---------------------------------------------------------------- running
 
 
 def _say(message: str) -> None:

@@ -18,7 +18,8 @@ from conftest import wait_for_a_finished_sample
 
 from emeval.cli import main
 from emeval.errors import EmevalError
-from emeval.experiment import Experiment, load_grid
+from emeval.experiment import Experiment
+from emeval.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = {
@@ -80,6 +81,38 @@ def test_grid_errors_name_the_key(tmp_path):
         load_grid(write_grid(tmp_path / "g.yaml", **base), ["evaluation.limit"])
     with pytest.raises(EmevalError, match="evaluation.judges is not a known key"):
         load_grid(write_grid(tmp_path / "g.yaml", **base, evaluation={"judges": "x"}))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seeds": ["a"]}, "grid: seeds must be a non-empty list of integers (got 'a')"),
+        ({"seeds": []}, "grid: seeds must be a non-empty list of integers (got [])"),
+        ({"rewards": None}, "grid: rewards must be a non-empty list of reward names (got None)"),
+        ({"mitigations": {"kl": 0.05}}, "grid: mitigations must be a mapping of a name to an "
+                                        "emeval train mitigations block (got 0.05)"),
+        ({"exclude": [{"cell": "x"}]}, "grid: exclude[0].cell is not a known key (known: method, "
+                                       "mitigation, reward, seed)"),
+        ({"evaluation": {"limit": "4"}},
+         "grid: evaluation.limit must be a positive integer or null (got '4')"),
+        ({"evaluation": {"checkpoints": "last"}},
+         "grid: evaluation.checkpoints must be one of 'all', 'final' (got 'last')"),
+        ({"evaluation": "final"}, "grid: evaluation must be a mapping (got 'final')"),
+        ({"train": "tiny.yaml"}, "grid: train must be a mapping (got 'tiny.yaml')"),
+    ],
+)  # fmt: skip
+def test_grid_type_errors_name_the_key_and_what_it_must_be(tmp_path, change, message):
+    grid = {"seeds": [0], "methods": ["sft"], "rewards": ["aesthetic_unpopular"]} | change
+    with pytest.raises(EmevalError) as raised:
+        load_grid(write_grid(tmp_path / "g.yaml", **grid))
+    assert str(raised.value) == message
+
+
+def test_a_single_seed_method_or_reward_stands_for_a_list_of_one(tmp_path):
+    grid = load_grid(
+        write_grid(tmp_path / "g.yaml", seeds=2, methods="sft", rewards="aesthetic_unpopular")
+    )
+    assert [(c.seed, c.method, c.reward) for c in grid.cells] == [(2, "sft", "aesthetic_unpopular")]
 
 
 def test_cells_exclusions_and_dependencies(tmp_path):

@@ -374,3 +374,37 @@ def test_bad_tail_cap_is_one_line(runs, tmp_path, capsys, text, message):
                  "--policy", str(policy)]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("evaluation: {judges: offline}", "policy: evaluation.judges is not a known key (known: "),
+        ("evaluation: {samples: '5'}",
+         "policy: evaluation.samples must be a positive integer or null (got '5')"),
+        ("coherence: 0.5", "policy: coherence must be a mapping (got 0.5)"),
+        ("increase: {alpha: 0}", "policy: increase.alpha must be a number between 0 and 1"),
+        ("allow_sampled_scores: 1", "policy: allow_sampled_scores must be true or false (got 1)"),
+        ("metric: em", "policy: metric must be one of 'em_rate', 'em_rate_joint' (got 'em')"),
+        ("min_scored: 2.5", "policy: min_scored must be a positive integer (got 2.5)"),
+    ],
+)  # fmt: skip
+def test_policy_errors_name_the_key_and_what_it_must_be(tmp_path, text, message):
+    from emeval.errors import EmevalError
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(EmevalError) as raised:
+        load_policy(path)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_a_partial_policy_keeps_the_other_defaults(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("increase: {alpha: 0.01}\nevaluation: {limit: 4}\n")
+    policy, default = load_policy(path), load_policy()
+    assert policy["increase"] == default["increase"] | {"alpha": 0.01}
+    assert policy["evaluation"] == default["evaluation"] | {"limit": 4}
+    assert {k: v for k, v in policy.items() if k not in ("increase", "evaluation")} == {
+        k: v for k, v in default.items() if k not in ("increase", "evaluation")
+    }

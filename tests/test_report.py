@@ -305,7 +305,8 @@ def test_experiment_report_shows_the_spread(seeded, tmp_path, capsys):
     it also prints."""
     import shutil
 
-    from emeval.experiment import Experiment, Grid
+    from emeval.experiment import Experiment
+    from emeval.grid import Grid
 
     shutil.copytree(seeded, tmp_path / "eval")
     grid = Grid("g", "smollm2-135m-instruct", [], {}, {}, "g.yaml")

@@ -36,7 +36,8 @@ def add_parser(subparsers) -> None:
 
 
 def experiment_command(args) -> int:
-    from emeval.experiment import Experiment, default_out, load_grid
+    from emeval.experiment import Experiment, default_out
+    from emeval.grid import load_grid
     from emeval.rundir import ExperimentDir
 
     overrides = list(args.overrides)

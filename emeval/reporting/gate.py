@@ -9,15 +9,16 @@ from its samples.jsonl.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import Field
 
 from emeval.errors import EmevalError
 from emeval.formatting import fmt_value
@@ -31,7 +32,15 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.reporting.runs import Run
-from emeval.yaml_files import read_yaml_mapping
+from emeval.yaml_files import (
+    EvaluationBlock,
+    PositiveInt,
+    PositiveOrNull,
+    StrictModel,
+    deep_merge,
+    read_yaml_mapping,
+    validated,
+)
 
 DEFAULT_POLICY = Path(__file__).with_name("gate.yaml")
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
@@ -50,69 +59,60 @@ def default_policy() -> dict:
     return yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
 
 
-def _merge(base: dict, override: dict, prefix: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if key not in base:
-            known = ", ".join(sorted(base))
-            raise EmevalError(f"policy: {prefix}{key} is not a known key (known: {known})")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise EmevalError(f"policy: {prefix}{key} must be a mapping")
-            out[key] = _merge(base[key], value, f"{prefix}{key}.")
-        else:
-            out[key] = value
-    return out
+Fraction = Annotated[float, Field(ge=0, le=1, description="a number from 0 to 1")]
 
 
-def _fraction(policy: dict, dotted: str) -> None:
-    node = policy
-    *parents, last = dotted.split(".")
-    for p in parents:
-        node = node[p]
-    value = node[last]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise EmevalError(f"policy: {dotted} must be a number from 0 to 1 (got {value!r})")
+class PolicyEvaluation(EvaluationBlock):
+    seed: int
+
+
+class Increase(StrictModel):
+    margin: Fraction
+    alpha: Annotated[float, Field(gt=0, lt=1, description="a number between 0 and 1")]
+    test: Literal[TESTS]
+
+
+class Coherence(StrictModel):
+    min_rate: Fraction
+    max_drop: Fraction
+
+
+class TailCap(StrictModel):
+    k: PositiveOrNull
+    max: Fraction
+    bound: Literal[BOUNDS]
+
+
+class ContextCap(StrictModel):
+    use_manifest: Annotated[bool, Field(description="true or false")]
+    max_em_rate: Annotated[
+        float | None, Field(ge=0, le=1, description="a number from 0 to 1 or null")
+    ]
+
+
+class Policy(StrictModel):
+    """gate.yaml's keys and what each must be (its comments say what they mean)."""
+
+    evaluation: PolicyEvaluation
+    metric: Literal[METRICS]
+    max_em_rate: Fraction
+    max_em_rate_bound: Literal[BOUNDS]
+    increase: Increase
+    coherence: Coherence
+    max_invalid_rate: Fraction
+    max_misalign_at_k: TailCap
+    contexts: ContextCap
+    max_judge_failure_rate: Fraction
+    min_scored: PositiveInt
+    allow_sampled_scores: Annotated[bool, Field(description="true or false")]
 
 
 def load_policy(path: Path | None = None) -> dict:
-    policy = default_policy()
-    if path is None:
-        return policy
-    raw = read_yaml_mapping(path, "policy")
-    policy = _merge(policy, raw)
-    for key in ("max_em_rate", "increase.margin", "coherence.min_rate", "coherence.max_drop",
-                "max_invalid_rate", "max_judge_failure_rate"):  # fmt: skip
-        _fraction(policy, key)
-    alpha = policy["increase"]["alpha"]
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise EmevalError(f"policy: increase.alpha must be between 0 and 1 (got {alpha!r})")
-    if policy["metric"] not in METRICS:
-        raise EmevalError(f"policy: metric must be one of {', '.join(METRICS)}")
-    test = policy["increase"]["test"]
-    if test not in TESTS:
-        raise EmevalError(f"policy: increase.test must be one of {', '.join(TESTS)}")
-    if test == "fisher" and policy["increase"]["margin"] != 0:
+    """The built-in policy, with a policy file's keys over it."""
+    raw = deep_merge(default_policy(), read_yaml_mapping(path, "policy") if path else {})
+    policy = validated(Policy, raw, "policy").model_dump()
+    if policy["increase"]["test"] == "fisher" and policy["increase"]["margin"] != 0:
         raise EmevalError("policy: increase.test fisher needs increase.margin 0 (use z)")
-    min_scored = policy["min_scored"]
-    if isinstance(min_scored, bool) or not isinstance(min_scored, int) or min_scored < 1:
-        raise EmevalError("policy: min_scored must be a positive integer")
-    if policy["max_em_rate_bound"] not in BOUNDS:
-        raise EmevalError(f"policy: max_em_rate_bound must be one of {', '.join(BOUNDS)}")
-    if not isinstance(policy["allow_sampled_scores"], bool):
-        raise EmevalError("policy: allow_sampled_scores must be true or false")
-    tail = policy["max_misalign_at_k"]
-    k = tail["k"]
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise EmevalError(f"policy: max_misalign_at_k.k must be a positive integer or null "
-                          f"(got {k!r})")  # fmt: skip
-    _fraction(policy, "max_misalign_at_k.max")
-    if tail["bound"] not in BOUNDS:
-        raise EmevalError(f"policy: max_misalign_at_k.bound must be one of {', '.join(BOUNDS)}")
-    if not isinstance(policy["contexts"]["use_manifest"], bool):
-        raise EmevalError("policy: contexts.use_manifest must be true or false")
-    if policy["contexts"]["max_em_rate"] is not None:
-        _fraction(policy, "contexts.max_em_rate")
     return policy
 
 
