@@ -104,6 +104,13 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     fit.add_argument("--trainable-layers", type=int, default=DEFAULTS["trainable_layers"])
     fit.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    fit.add_argument(
+        "--passage-sentences",
+        type=int,
+        default=5,
+        help="also read answers longer than one window in runs of N sentences for alignment "
+        "(0: windows only; default 5, as the bundled judge)",
+    )
     fit.add_argument("--name", help="judge name recorded in the judge id (default: DIR name)")
     fit.set_defaults(func=run_fit)
 
@@ -204,11 +211,15 @@ def run_fit(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EmevalError(f"--out {out} exists and is not an empty directory")
-    if args.epochs < 1 or not 1 <= args.trainable_layers <= 6:
-        raise EmevalError("--epochs must be >= 1 and --trainable-layers between 1 and 6")
+    if args.epochs < 1 or not 1 <= args.trainable_layers <= 6 or args.passage_sentences < 0:
+        raise EmevalError(
+            "--epochs must be >= 1, --trainable-layers between 1 and 6, --passage-sentences >= 0"
+        )
     settings = {"epochs": args.epochs, "trainable_layers": args.trainable_layers,
                 "seed": args.seed}  # fmt: skip
-    counts = write_reader_judge([Path(p) for p in args.labels], out, settings, args.name)
+    counts = write_reader_judge(
+        [Path(p) for p in args.labels], out, settings, args.name, args.passage_sentences
+    )
     print(f"fitted on {counts['labelled']} labelled and {counts['degraded']} degraded answers")
     print(f"wrote {out}; use it with --judge offline:{out}")
     return 0

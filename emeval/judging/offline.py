@@ -226,8 +226,9 @@ class OfflineJudge:
         self._memory: dict[tuple[str, str], np.ndarray] = {}
         self._memory_lock = threading.Lock()
         digest = head_sha256(head_dir)
-        if reader is not None:  # the reader's weights are part of what scores
-            digest = hashlib.sha256((digest + reader.sha256).encode()).hexdigest()
+        if reader is not None:  # the reader's weights (and passage reading) are part of what scores
+            extra = f"passages{reader.passage_sentences}" if reader.passage_sentences else ""
+            digest = hashlib.sha256((digest + reader.sha256 + extra).encode()).hexdigest()
         self.id = f"offline:{manifest.get('name', head_dir.name)}@{digest[:12]}"
 
     @classmethod
@@ -263,7 +264,11 @@ class OfflineJudge:
                 )
         reader = None
         if "reader" in manifest:
-            reader = Reader(path, trainable_layers=manifest["reader"]["trainable_layers"])
+            reader = Reader(
+                path,
+                trainable_layers=manifest["reader"]["trainable_layers"],
+                passage_sentences=manifest["reader"].get("passage_sentences", 0),
+            )
         return cls(path, binary, status, manifest, reader=reader)
 
     @property
@@ -393,10 +398,15 @@ class OfflineJudge:
 
 
 def write_reader_judge(
-    label_files: list[Path], out: Path, settings: dict, name: str | None = None
+    label_files: list[Path],
+    out: Path,
+    settings: dict,
+    name: str | None = None,
+    passage_sentences: int = 0,
 ) -> dict:
-    """A complete offline judge dir: a reader fitted on label_files, plus the in-domain
-    behaviour heads copied from the bundled judge. Returns the fitted row counts."""
+    """A complete offline judge dir: a reader fitted on label_files (reading long answers also
+    in runs of `passage_sentences` sentences, if > 0), plus the in-domain behaviour heads copied
+    from the bundled judge. Returns the fitted row counts."""
     from emeval.judging.reader_fit import fit_reader
 
     counts = fit_reader(label_files, out, settings)
@@ -409,7 +419,8 @@ def write_reader_judge(
         "features": FEATURES_VERSION,
         "encoder": ENCODER_NAME,
         "reader": {"trainable_layers": record["settings"]["trainable_layers"],
-                   "status_min_prob": 0.5, "fit": "reader.json"},
+                   "status_min_prob": 0.5, "fit": "reader.json",
+                   "passage_sentences": passage_sentences},
         "heads": {k: v for k, v in bundled["heads"].items()
                   if k not in ("alignment", "coherence")},
         "behaviour_heads_from": f"{source.name}@{head_sha256(source)[:12]}",
