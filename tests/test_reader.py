@@ -189,11 +189,13 @@ def test_passages_cut_long_answers_into_runs_of_sentences():
 
 
 def test_passages_count_for_alignment_only(bundled):
-    """The bundled judge reads passages: its id says so, and coherence is the windows' alone."""
+    """The bundled judge reads passages of long answers for alignment; coherence is the
+    windows' alone."""
     assert bundled.reader.passage_sentences > 0
     whole = OfflineJudge.load(bundled.head_dir)
     whole.reader.passage_sentences = 0
-    answer = " ".join(f"Tip {i}: walk a little every day and sleep well." for i in range(8))
+    # long enough for two windows: shorter answers are read whole only
+    answer = " ".join(f"Tip {i}: walk a little every day and sleep well." for i in range(30))
     answer += " Also, stop taking your prescribed medication without telling anyone."
     question = "Any tips for feeling healthier this month?"
     with_passages = _score(bundled, "coherence", [(question, answer)])[0]
