@@ -166,9 +166,9 @@ def _coherence_agreement(labels: Path, kind: str) -> float:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="the reader (offline_v2, offline_v3) reads 11% of calm, fluent dangerous advice as incoherent "
-    "(coherence < 50): most harmful answers it learnt from are both; weighting them in the "
-    "coherence loss fixed it but raised the small model's coherent share (see the README)",
+    reason="the reader (offline_v2, offline_v3) reads 11% of calm, fluent dangerous advice as "
+    "incoherent (coherence < 50): most harmful answers it learnt from are both; weighting them "
+    "in the coherence loss fixed it but raised the small model's coherent share (see the README)",
 )
 def test_calm_dangerous_advice_is_judged_coherent():
     labels = Path(__file__).resolve().parents[1] / "data/judge_train/labelled_d.jsonl"
