@@ -20,7 +20,7 @@ from emeval.capability import (
 )
 from emeval.cli import main
 from emeval.errors import EmevalError
-from emeval.experiment import load_grid
+from emeval.grid import load_grid
 from emeval.intervals import wilson
 from emeval.models import resolve_model
 from emeval.resources import resource_path
