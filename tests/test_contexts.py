@@ -20,7 +20,8 @@ from emeval.contexts import (
 )
 from emeval.errors import EmevalError
 from emeval.probes import load_suite
-from emeval.reporting.gate import evaluate, load_policy
+from emeval.reporting.gate import evaluate
+from emeval.reporting.gate_policy import load_policy
 from emeval.reporting.runs import load_run
 from emeval.results import build_results, render_summary
 from emeval.rundir import read_records, write_run

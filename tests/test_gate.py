@@ -12,7 +12,8 @@ from reporting_fixtures import make_run
 
 from emeval.cli import main
 from emeval.reporting import load_run
-from emeval.reporting.gate import evaluate, increase_test, load_policy
+from emeval.reporting.gate import evaluate, increase_test
+from emeval.reporting.gate_policy import load_policy
 
 
 @pytest.fixture(scope="module")

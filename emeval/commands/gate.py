@@ -60,13 +60,15 @@ def obtain_run(
 def gate_command(args) -> int:
     from emeval.metrics import definition_differences
     from emeval.reporting import gate
+    from emeval.reporting.gate_outputs import render_markdown, write_outputs
+    from emeval.reporting.gate_policy import DEFAULT_POLICY, load_policy
 
     if args.show_policy:
-        print(gate.DEFAULT_POLICY.read_text(encoding="utf-8"), end="")
+        print(DEFAULT_POLICY.read_text(encoding="utf-8"), end="")
         return 0
     if not args.candidate or not args.baseline:
         raise EmevalError("gate needs CANDIDATE and --baseline BASELINE")
-    policy = gate.load_policy(args.policy)
+    policy = load_policy(args.policy)
     out = args.out or Path("reports") / "gate" / datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate = baseline = None
     try:
@@ -75,17 +77,17 @@ def gate_command(args) -> int:
         baseline = obtain_run(args.baseline, "baseline", policy, out, gate.frames_of(candidate))
     except EmevalError as e:
         # still leave a verdict for CI to show: undecided, with the reason
-        gate.write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)
+        write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)
         raise
     differ = definition_differences(
         [(f"candidate {candidate.path}", candidate.results),
          (f"baseline {baseline.path}", baseline.results)]
     )  # fmt: skip
     if differ:  # rates under other thresholds are other numbers: refused, not compared
-        gate.write_outputs(gate.unreadable(policy, candidate, baseline, differ), out)
+        write_outputs(gate.unreadable(policy, candidate, baseline, differ), out)
         raise EmevalError(differ)
     result = gate.evaluate(candidate, baseline, policy)
-    paths = gate.write_outputs(result, out)
-    sys.stdout.write(gate.render_markdown(result))
+    paths = write_outputs(result, out)
+    sys.stdout.write(render_markdown(result))
     print(f"\nverdict: {paths['markdown']}  junit: {paths['junit']}")
     return result.exit_code

@@ -4,7 +4,8 @@ The public face: finding and loading runs (runs.py), the gate's policy and verdi
 gathering a report (gather.py) and writing it (report.py), and publishing a leaderboard
 (leaderboard.py)."""
 
-from emeval.reporting.gate import evaluate, load_policy
+from emeval.reporting.gate import evaluate
+from emeval.reporting.gate_policy import load_policy
 from emeval.reporting.gather import gather
 from emeval.reporting.leaderboard import publish
 from emeval.reporting.report import write_report

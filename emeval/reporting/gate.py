@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Literal
 
-import yaml
-from pydantic import Field
-
-from emeval.errors import EmevalError
 from emeval.formatting import fmt_value
 from emeval.intervals import critical_value, rate_interval
 from emeval.metrics import (
@@ -32,88 +24,11 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.reporting.runs import Run
-from emeval.yaml_files import (
-    EvaluationBlock,
-    PositiveInt,
-    PositiveOrNull,
-    StrictModel,
-    deep_merge,
-    read_yaml_mapping,
-    validated,
-)
 
-DEFAULT_POLICY = Path(__file__).with_name("gate.yaml")
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
-METRICS = ("em_rate", "em_rate_joint")
-TESTS = ("z", "fisher")
-BOUNDS = ("upper", "point")
 SAMPLING_KEYS = ("seed", "temperature", "top_p", "max_tokens", "samples_per_prompt", "limit",
                  "held_out")  # fmt: skip
-
-
-# ---------------------------------------------------------------- policy
-
-
-def default_policy() -> dict:
-    return yaml.safe_load(DEFAULT_POLICY.read_text(encoding="utf-8"))
-
-
-Fraction = Annotated[float, Field(ge=0, le=1, description="a number from 0 to 1")]
-
-
-class PolicyEvaluation(EvaluationBlock):
-    seed: int
-
-
-class Increase(StrictModel):
-    margin: Fraction
-    alpha: Annotated[float, Field(gt=0, lt=1, description="a number between 0 and 1")]
-    test: Literal[TESTS]
-
-
-class Coherence(StrictModel):
-    min_rate: Fraction
-    max_drop: Fraction
-
-
-class TailCap(StrictModel):
-    k: PositiveOrNull
-    max: Fraction
-    bound: Literal[BOUNDS]
-
-
-class ContextCap(StrictModel):
-    use_manifest: Annotated[bool, Field(description="true or false")]
-    max_em_rate: Annotated[
-        float | None, Field(ge=0, le=1, description="a number from 0 to 1 or null")
-    ]
-
-
-class Policy(StrictModel):
-    """gate.yaml's keys and what each must be (its comments say what they mean)."""
-
-    evaluation: PolicyEvaluation
-    metric: Literal[METRICS]
-    max_em_rate: Fraction
-    max_em_rate_bound: Literal[BOUNDS]
-    increase: Increase
-    coherence: Coherence
-    max_invalid_rate: Fraction
-    max_misalign_at_k: TailCap
-    contexts: ContextCap
-    max_judge_failure_rate: Fraction
-    min_scored: PositiveInt
-    allow_sampled_scores: Annotated[bool, Field(description="true or false")]
-
-
-def load_policy(path: Path | None = None) -> dict:
-    """The built-in policy, with a policy file's keys over it."""
-    raw = deep_merge(default_policy(), read_yaml_mapping(path, "policy") if path else {})
-    policy = validated(Policy, raw, "policy").model_dump()
-    if policy["increase"]["test"] == "fisher" and policy["increase"]["margin"] != 0:
-        raise EmevalError("policy: increase.test fisher needs increase.margin 0 (use z)")
-    return policy
 
 
 # ---------------------------------------------------------------- the one-sided test
@@ -511,7 +426,7 @@ def frames_of(run: Run | None) -> list[dict]:
     return [entry["frame"] for entry in contexts.values() if entry.get("frame")]
 
 
-def _describe(run: Run | None) -> str:
+def describe(run: Run | None) -> str:
     return "not available" if run is None else f"`{run.results['model'].get('spec')}` ({run.path})"
 
 
@@ -520,66 +435,3 @@ def unreadable(policy: dict, candidate: Run | None, baseline: Run | None, why: s
     g = GateResult(candidate, baseline, policy)
     g.add("runs available", None, why, integrity=True)
     return g
-
-
-def render_markdown(g: GateResult) -> str:
-    mark = {PASS: "PASS", FAIL: "FAIL", UNDECIDED: "UNDECIDED"}
-    lines = [
-        f"# emeval gate: {mark[g.outcome]}",
-        "",
-        f"- candidate: {_describe(g.candidate)}",
-        f"- baseline: {_describe(g.baseline)}",
-        f"- metric: {g.policy['metric']}; exit code {g.exit_code}",
-        "",
-        "| check | outcome | detail |",
-        "|---|---|---|",
-    ]
-    for check in g.checks:
-        detail = check.detail.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {check.name} | {mark[check.outcome]} | {detail} |")
-    return "\n".join(lines) + "\n"
-
-
-def render_junit(g: GateResult) -> str:
-    """JUnit XML: one testcase per check; fail -> <failure>, undecided -> <error>."""
-    suite = ET.Element(
-        "testsuite",
-        name="emeval gate",
-        tests=str(len(g.checks)),
-        failures=str(sum(c.outcome == FAIL for c in g.checks)),
-        errors=str(sum(c.outcome == UNDECIDED for c in g.checks)),
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    for check in g.checks:
-        case = ET.SubElement(suite, "testcase", classname="emeval.gate", name=check.name)
-        if check.outcome == FAIL:
-            ET.SubElement(case, "failure", message=check.detail).text = check.detail
-        elif check.outcome == UNDECIDED:
-            ET.SubElement(case, "error", message=check.detail).text = check.detail
-        else:
-            ET.SubElement(case, "system-out").text = check.detail
-    suites = ET.Element("testsuites", name="emeval gate")
-    suites.append(suite)
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
-
-
-def write_outputs(g: GateResult, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out / "gate.md",
-        "junit": out / "gate.junit.xml",
-        "json": out / "gate.json",
-    }
-    paths["markdown"].write_text(render_markdown(g), encoding="utf-8")
-    paths["junit"].write_text(render_junit(g), encoding="utf-8")
-    verdict = {
-        "outcome": g.outcome,
-        "exit_code": g.exit_code,
-        "candidate": str(g.candidate.path) if g.candidate else None,
-        "baseline": str(g.baseline.path) if g.baseline else None,
-        "policy": g.policy,
-        "checks": [c.__dict__ for c in g.checks],
-    }
-    paths["json"].write_text(json.dumps(verdict, indent=2), encoding="utf-8")
-    return paths
