@@ -28,7 +28,7 @@ import numpy as np
 from emeval.errors import EmevalError
 from emeval.judging.base import JudgeRequest
 from emeval.judging.encoder import ENCODER_NAME, Encoder, shared_encoder
-from emeval.judging.reader import Reader
+from emeval.judging.reader import PASSAGE_FLAGS_BELOW, Reader
 from emeval.judging.scoring import Verdict
 from emeval.resources import resource_path
 
@@ -227,7 +227,13 @@ class OfflineJudge:
         self._memory_lock = threading.Lock()
         digest = head_sha256(head_dir)
         if reader is not None:  # the reader's weights (and passage reading) are part of what scores
-            extra = f"passages{reader.passage_sentences}" if reader.passage_sentences else ""
+            # the passage rule is part of the id too, so cached verdicts of another rule are not
+            # reused
+            extra = (
+                f"passages{reader.passage_sentences}<{PASSAGE_FLAGS_BELOW}"
+                if reader.passage_sentences
+                else ""
+            )
             digest = hashlib.sha256((digest + reader.sha256 + extra).encode()).hexdigest()
         self.id = f"offline:{manifest.get('name', head_dir.name)}@{digest[:12]}"
 
