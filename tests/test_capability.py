@@ -213,7 +213,8 @@ def test_the_pages_show_the_criteria(criteria_report):
 def test_an_experiment_checks_each_final_checkpoint_once(tmp_path):
     """`emeval experiment` puts the check beside a final checkpoint's suite runs (with the
     grid's limit on questions) and skips it when it is there; other checkpoints get none."""
-    from emeval.experiment import EVAL_DEFAULTS, Experiment, Grid
+    from emeval.experiment import Experiment
+    from emeval.grid import EVAL_DEFAULTS, Grid
 
     evaluation = EVAL_DEFAULTS | {"judge": "smollm2-135m-instruct", "limit": 1, "max_tokens": 4,
                                   "capability_limit": 3}  # fmt: skip
