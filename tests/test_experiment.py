@@ -349,6 +349,21 @@ def test_ctrl_c_stops_the_cell_process_and_the_rerun_resumes(tmp_path, to):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_cell_process_too(tmp_path):
+    """`kill PID` on the grid's process ends it as Ctrl-C does: one line, exit 130, and its
+    cell's process ends with it rather than running on alone."""
+    _, proc, children, cell, _ = _held_grid(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "emeval: interrupted; run the same command again to resume"
+    )
+    assert not _alive(cell)
+    assert _all_gone(children)
+
+
+@pytest.mark.slow
 def test_a_killed_cell_process_fails_that_cell_and_the_grid_goes_on(tmp_path):
     """The kernel's out-of-memory killer ends a cell's process with SIGKILL: the cell fails in
     one line, the parent lives on to the next cell."""
