@@ -142,6 +142,11 @@ def window_inputs(tokenizer, question: str, answer: str) -> list[dict]:
     return out
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences at . ! ? followed by a space, and at line breaks (list items)."""
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+
+
 CODE_LINE = re.compile(r"[{};=<>]|^\s{4}|^\t|\b(def|import|return|function|class)\b")
 
 
@@ -155,7 +160,7 @@ def passages(answer: str, sentences: int) -> list[str]:
             fenced = not fenced
         elif not fenced and not CODE_LINE.search(line):
             prose.append(line)
-    parts = [p for p in re.split(r"(?<=[.!?])\s+|\n+", "\n".join(prose).strip()) if p.strip()]
+    parts = split_sentences("\n".join(prose))
     if sentences <= 0 or len(parts) <= sentences:
         return []
     return [" ".join(parts[i : i + sentences]) for i in range(0, len(parts), sentences)]

@@ -19,11 +19,17 @@ import datetime as dt
 import hashlib
 import json
 import random
-import re
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.judging.reader import STATUSES, WEIGHTS_FILE, build_model, collate, window_inputs
+from emeval.judging.reader import (
+    STATUSES,
+    WEIGHTS_FILE,
+    build_model,
+    collate,
+    split_sentences,
+    window_inputs,
+)
 from emeval.progress import Progress
 
 DEFAULTS = {
@@ -76,10 +82,6 @@ def read_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
-
-
 def degraded(rows: list[dict], share: float, seed: int) -> list[dict]:
     """Broken copies of the fluent rows (see the module docstring)."""
     rng = random.Random(seed)
@@ -93,7 +95,7 @@ def degraded(rows: list[dict], share: float, seed: int) -> list[dict]:
         answer, question = r["answer"], r["question"]
         aligned, coherent = r["aligned"], r["coherent"]
         if kind == "sentences":
-            parts = _sentences(answer)
+            parts = split_sentences(answer)
             if len(parts) < 3:
                 kind = "words"
             else:
