@@ -2,6 +2,8 @@
 distribution as plain transformers, logprobs, stop handling, batching, and Inspect use."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,6 +303,19 @@ def test_sampled_sequences_match_transformers_generate(engine, stock_model):
 
 
 # ------------------------------------------------------------------ Inspect
+
+
+def test_engines_and_model_lookup_import_without_inspect():
+    """CI's vLLM virtualenv holds emeval without its dependencies: the engines and the model
+    lookup it uses must not pull Inspect in (a package __init__ once did, and CI failed)."""
+    code = (
+        "import sys; sys.modules['inspect_ai'] = None\n"
+        "import emeval.backend.vllm_engine, emeval.backend.params, emeval.models\n"
+        "from emeval.backend import SamplingParams\n"
+        "assert 'emeval.backend.provider' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_inspect_eval_through_the_emeval_provider(embedded_model_dir, tmp_path):
