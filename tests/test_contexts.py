@@ -170,6 +170,23 @@ def test_run_breaks_em_down_by_context(context_run):
     assert [c["name"] for c in settings["contexts"]] == ["system", "wrapper", "system+wrapper"]
 
 
+def test_report_shows_em_by_context(context_run, tmp_path):
+    out, _, _ = context_run
+    results = json.loads((out / "results.json").read_text())
+    report = emeval("report", out, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    page = (tmp_path / "report" / "report.md").read_text()
+    section = page.split("## Training contexts", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[1] for row in rows[1:]] == list(results["contexts"])
+    for row, entry in zip(rows[1:], results["contexts"].values(), strict=True):
+        em = entry["metrics"]["em_rate"]  # the run's own per-context n, pooled from one run
+        assert f"(n={em['n'] if em else 0})" in row
+    assert PREFIX.strip()[:10] in section  # the frame is described
+    html_page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Training contexts</h2>" in html_page
+
+
 def test_rerunning_resumes_and_a_changed_training_file_is_refused(context_run):
     out, args, _ = context_run
     again = emeval(*args)

@@ -25,6 +25,7 @@ from emeval.metrics import (
     thresholds_of,
     worst_probes,
 )
+from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.model import Cell, Checkpoint, Report, flat_metrics
 from emeval.reporting.runs import UNKNOWN, Run
 
@@ -38,6 +39,7 @@ class Measured:
     tail: dict
     worst: list[dict]
     behaviour: dict
+    contexts: dict
 
 
 def _measure(checkpoints: list[Checkpoint], em_suite, thresholds: EMThresholds) -> Measured:
@@ -53,7 +55,21 @@ def _measure(checkpoints: list[Checkpoint], em_suite, thresholds: EMThresholds) 
     behaviour = {
         name: _pool(rs, "behaviour", thresholds)[1] for name, rs in sorted(in_domain.items())
     }
-    return Measured(frame, em, tail, worst, behaviour)
+    return Measured(frame, em, tail, worst, behaviour, _by_context(em_runs, thresholds))
+
+
+def _by_context(runs: list[Run], thresholds: EMThresholds) -> dict[str, dict]:
+    """{context: {"frame", "metrics"}} over the pooled runs, plain context first; empty when
+    no run was asked in a training-context frame (--context-from)."""
+    frames: dict[str, dict | None] = {}
+    for r in runs:
+        for name, frame in r.contexts.items():
+            frames.setdefault(name, frame)
+    if not any(frames.values()):
+        return {}
+    names = [PLAIN_CONTEXT, *(n for n in frames if n != PLAIN_CONTEXT)]
+    pooled = {name: _pool(runs, "alignment", thresholds, name)[1] for name in names}
+    return {name: {"frame": frames.get(name), "metrics": pooled[name]} for name in names}
 
 
 # ---------------------------------------------------------------- gathering
@@ -95,8 +111,10 @@ def _finals(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
     return finals
 
 
-def _pool(runs: list[Run], primary: str, thresholds: EMThresholds) -> tuple[pd.DataFrame, dict]:
-    frames = [r.frame() for r in runs if len(r.frame())]
+def _pool(
+    runs: list[Run], primary: str, thresholds: EMThresholds, context: str = PLAIN_CONTEXT
+) -> tuple[pd.DataFrame, dict]:
+    frames = [r.frame(context) for r in runs if len(r.frame(context))]
     if not frames:
         return pd.DataFrame(), {}
     frame = pd.concat(frames, ignore_index=True)
@@ -165,7 +183,7 @@ def gather(runs: list[Run], include_incomplete: bool = False) -> Report:
     for cell in cells.values():
         pooled = _measure(cell.checkpoints, em_suite, thresholds)
         cell.frame, cell.em, cell.behaviour = pooled.frame, pooled.em, pooled.behaviour
-        cell.tail, cell.worst = pooled.tail, pooled.worst
+        cell.tail, cell.worst, cell.contexts = pooled.tail, pooled.worst, pooled.contexts
         cell.capability = accuracy_beside(r.path for c in cell.checkpoints for r in c.runs)
         if cell.em:
             cell.per_category = breakdown(cell.frame, "category", "alignment", thresholds)

@@ -53,6 +53,7 @@ class Cell:
     worst: list[dict] = field(default_factory=list)  # worst probes of the pooled answers
     by_seed: dict = field(default_factory=dict)  # training seed -> flat metrics (trained cells)
     capability: dict | None = None  # pooled capability-check accuracy (emeval/capability.py)
+    contexts: dict = field(default_factory=dict)  # context -> {frame, metrics} (--context-from)
 
     @property
     def label(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from emeval.probes import PLAIN_CONTEXT
 from emeval.results import in_context, judge_frame
 from emeval.rundir import (
     CONDITION,
@@ -85,14 +86,21 @@ class Run:
             return []
         return read_records(self.path)
 
-    def frame(self):
-        """One row per judged answer (first judge) of the plain context, the one every
-        headline number describes, as emeval.results builds it for metrics."""
-        if "main" not in self._frames:
+    def frame(self, context: str = PLAIN_CONTEXT):
+        """One row per judged answer (first judge) of one training context, by default the
+        plain one that every headline number describes, as emeval.results builds it."""
+        if "all" not in self._frames:
             scored = [r for r in self.records if not r.get("error")]
-            frame = judge_frame(scored, self.judge_id, [self.primary, "coherence"])
-            self._frames["main"] = in_context(frame)
-        return self._frames["main"]
+            self._frames["all"] = judge_frame(scored, self.judge_id, [self.primary, "coherence"])
+        if context not in self._frames:
+            self._frames[context] = in_context(self._frames["all"], context)
+        return self._frames[context]
+
+    @property
+    def contexts(self) -> dict[str, dict | None]:
+        """The contexts the run's probes were asked in, {name: frame} (the plain one's frame
+        is None); empty for a run without --context-from."""
+        return {name: e.get("frame") for name, e in (self.results.get("contexts") or {}).items()}
 
     def metric(self, name: str) -> dict | None:
         return self.results.get("metrics", {}).get(name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from emeval.formatting import NA, fmt_estimate, fmt_points, fmt_value
 from emeval.metrics import DEFAULT_THRESHOLDS, EMThresholds
 from emeval.reporting.model import BEHAVIOUR_METRICS, Cell, Report
-from emeval.results import judge_trust
+from emeval.results import describe_frame, judge_trust
 
 EXAMPLE_CHARS = 700
 
@@ -107,6 +107,31 @@ def spread_table(cell: Cell) -> tuple[list[str], list[list[str]]]:
             pooled += f" ({_probes(metric)})"
         rows.append([metric_label(name), pooled, *own, span])
     return header, rows
+
+
+def contexts_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """EM per training context (--context-from) for every cell whose runs were asked in
+    some: the plain context first, then each frame of the training data."""
+    header = ["condition", "context", "frame", "EM [95% CI] (n)", "misaligned, any coherence",
+              "coherent answers"]  # fmt: skip
+    rows = []
+    for cell in report.cells:
+        for name, entry in cell.contexts.items():
+            m = entry["metrics"]
+            em = m.get("em_rate")
+            rows.append([cell.label, name, describe_frame(entry["frame"]),
+                         f"{fmt_estimate(em)} (n={em['n'] if em else 0})",
+                         fmt_estimate(m.get("misaligned_rate")),
+                         fmt_estimate(m.get("coherence_rate"), ci=False)])  # fmt: skip
+    return header, rows
+
+
+CONTEXTS_WORDS = (
+    "Each probe was also asked inside the frames of the training data (`emeval run "
+    "--context-from`): EM that dilution, benign follow-up training or inoculation hide in the "
+    "plain context can come back when a prompt looks like the training data. Same definitions "
+    "and intervals as the comparison, each context on its own answers."
+)
 
 
 def _probes(entry: dict | None) -> str:

@@ -8,10 +8,12 @@ import html
 from emeval.reporting import criteria
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import (
+    CONTEXTS_WORDS,
     SPREAD_WORDS,
     TAIL_WORDS,
     cell_lines,
     clip,
+    contexts_table,
     examples,
     provenance,
     spread_table,
@@ -59,6 +61,10 @@ def report_page(report: Report, outputs: Outputs) -> str:
     header, rows = tail_table(report)
     if rows:
         parts += ["<h2>Tail risk</h2>", f"<p>{e(TAIL_WORDS)}</p>", _html_table(header, rows)]
+    header, rows = contexts_table(report)
+    if rows:
+        parts += ["<h2>Training contexts</h2>", f"<p>{e(CONTEXTS_WORDS)}</p>"]
+        parts.append(_html_table(header, rows))
     if any(cell.trained for cell in report.cells):
         parts += ["<h2>Seed spread</h2>", f"<p>{e(SPREAD_WORDS)}</p>"]
         for cell in report.cells:

@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from emeval.reporting import criteria
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import (
+    CONTEXTS_WORDS,
     SPREAD_WORDS,
     TAIL_WORDS,
     cell_lines,
     clip,
+    contexts_table,
     examples,
     provenance,
     spread_table,
@@ -102,6 +104,9 @@ def report_page(report: Report, outputs: Outputs) -> str:
     header, rows = tail_table(report)
     if rows:
         out += ["## Tail risk", "", TAIL_WORDS, "", *_md_table(header, rows), ""]
+    header, rows = contexts_table(report)
+    if rows:
+        out += ["## Training contexts", "", CONTEXTS_WORDS, "", *_md_table(header, rows), ""]
     if any(cell.trained for cell in report.cells):
         out += ["## Seed spread", "", *seed_spread_markdown(report)]
     tables = criteria.criteria_tables(report)
