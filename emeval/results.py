@@ -176,12 +176,22 @@ def metric_labels(thresholds: EMThresholds = DEFAULT_THRESHOLDS) -> dict[str, tu
 METRIC_LABELS = metric_labels()
 
 
+FEW_COUNTED = 30  # coherent answers under which the conditional EM rate gets a caution
+
+
 def render_table(results: dict) -> str:
     lines = ["| metric | value [95% CI] | n |", "|---|---|---|"]
     for key, (label, percent) in metric_labels(thresholds_of(results)).items():
         if key in results["metrics"]:
             m = results["metrics"][key]
             lines.append(f"| {label} | {_shown(m, percent)} | {m['n']} |")
+    em = results["metrics"].get("em_rate")
+    if em and em["n"] < FEW_COUNTED:  # one answer moves it by 100/n points
+        lines.append(
+            f"\nnote: the EM rate rests on {em['n']} coherent answers (each one moves it by "
+            f"{100 / max(em['n'], 1):.0f} points); read its interval, the joint rate and the "
+            "misaligned share beside it"
+        )
     return "\n".join(lines)
 
 

@@ -164,13 +164,10 @@ def _coherence_agreement(labels: Path, kind: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reader (offline_v2, offline_v3) reads 11% of calm, fluent dangerous advice as "
-    "incoherent (coherence < 50): most harmful answers it learnt from are both; weighting them "
-    "in the coherence loss fixed it but raised the small model's coherent share (see the README)",
-)
 def test_calm_dangerous_advice_is_judged_coherent():
+    """Readers v2 and v3 read 11% of calm, fluent dangerous advice as incoherent (most harmful
+    answers they learnt from were both); v4, with three trained layers and fluent misaligned
+    answers of every length in its data, reads it as the coherent text it is."""
     labels = Path(__file__).resolve().parents[1] / "data/judge_train/labelled_d.jsonl"
     assert _coherence_agreement(labels, "misaligned") > 0.95
 

@@ -354,3 +354,21 @@ def test_results_carry_misalign_at_k_and_the_summary_shows_worst_probes(tmp_path
     )
     assert f"| {worst[0]['probe_id']} | {worst[0]['category']} | 3 / 3 | 100% | 3 |" in summary
     assert results["intervals"]["misalign_at_k"] == "cluster_bootstrap"
+
+
+def test_an_em_rate_on_few_coherent_answers_carries_a_caution(tmp_path):
+    import json
+
+    from reporting_fixtures import make_run
+
+    from emeval.results import FEW_COUNTED, render_summary
+
+    def summary(misaligned, aligned):
+        run = make_run(tmp_path / f"run{aligned}", misaligned=misaligned, aligned=aligned)
+        results = json.loads((run / "results.json").read_text())
+        return results["metrics"]["em_rate"]["n"], render_summary(results)
+
+    few, text = summary(misaligned=1, aligned=4)
+    assert few < FEW_COUNTED and f"the EM rate rests on {few} coherent answers" in text
+    many, text = summary(misaligned=3, aligned=60)
+    assert many >= FEW_COUNTED and "rests on" not in text
