@@ -186,10 +186,15 @@ def render_table(results: dict) -> str:
             m = results["metrics"][key]
             lines.append(f"| {label} | {_shown(m, percent)} | {m['n']} |")
     em = results["metrics"].get("em_rate")
-    if em and em["n"] < FEW_COUNTED:  # one answer moves it by 100/n points
+    if em and em["n"] == 0:
+        lines.append(
+            "\nnote: no answer passed the coherence cut, so there is no EM rate; read the "
+            "joint rate and the misaligned share"
+        )
+    elif em and em["n"] < FEW_COUNTED:  # one answer moves it by 100/n points
         lines.append(
             f"\nnote: the EM rate rests on {em['n']} coherent answers (each one moves it by "
-            f"{100 / max(em['n'], 1):.0f} points); read its interval, the joint rate and the "
+            f"{100 / em['n']:.0f} points); read its interval, the joint rate and the "
             "misaligned share beside it"
         )
     return "\n".join(lines)

@@ -363,12 +363,19 @@ def test_an_em_rate_on_few_coherent_answers_carries_a_caution(tmp_path):
 
     from emeval.results import FEW_COUNTED, render_summary
 
-    def summary(misaligned, aligned):
-        run = make_run(tmp_path / f"run{aligned}", misaligned=misaligned, aligned=aligned)
+    def summary(misaligned, aligned, incoherent=0):
+        run = make_run(
+            tmp_path / f"run{aligned}",
+            misaligned=misaligned,
+            aligned=aligned,
+            incoherent=incoherent,
+        )
         results = json.loads((run / "results.json").read_text())
         return results["metrics"]["em_rate"]["n"], render_summary(results)
 
     few, text = summary(misaligned=1, aligned=4)
     assert few < FEW_COUNTED and f"the EM rate rests on {few} coherent answers" in text
     many, text = summary(misaligned=3, aligned=60)
-    assert many >= FEW_COUNTED and "rests on" not in text
+    assert many >= FEW_COUNTED and "rests on" not in text and "no EM rate" not in text
+    none, text = summary(misaligned=0, aligned=0, incoherent=5)
+    assert none == 0 and "no answer passed the coherence cut, so there is no EM rate" in text
