@@ -55,21 +55,25 @@ def _measure(checkpoints: list[Checkpoint], em_suite, thresholds: EMThresholds) 
     behaviour = {
         name: _pool(rs, "behaviour", thresholds)[1] for name, rs in sorted(in_domain.items())
     }
-    return Measured(frame, em, tail, worst, behaviour, _by_context(em_runs, thresholds))
+    return Measured(frame, em, tail, worst, behaviour, _by_context(em_runs, em, thresholds))
 
 
-def _by_context(runs: list[Run], thresholds: EMThresholds) -> dict[str, dict]:
-    """{context: {"frame", "metrics"}} over the pooled runs, plain context first; empty when
-    no run was asked in a training-context frame (--context-from)."""
+def _by_context(runs: list[Run], plain: dict, thresholds: EMThresholds) -> dict[str, dict]:
+    """{context: {"frame", "metrics"}} over the pooled runs, plain context first (its metrics
+    are the cell's own, given as plain); empty when no run was asked in a training-context
+    frame (--context-from)."""
     frames: dict[str, dict | None] = {}
     for r in runs:
         for name, frame in r.contexts.items():
             frames.setdefault(name, frame)
     if not any(frames.values()):
         return {}
-    names = [PLAIN_CONTEXT, *(n for n in frames if n != PLAIN_CONTEXT)]
-    pooled = {name: _pool(runs, "alignment", thresholds, name)[1] for name in names}
-    return {name: {"frame": frames.get(name), "metrics": pooled[name]} for name in names}
+    out = {PLAIN_CONTEXT: {"frame": None, "metrics": plain}}
+    for name in frames:
+        if name != PLAIN_CONTEXT:
+            metrics = _pool(runs, "alignment", thresholds, name)[1]
+            out[name] = {"frame": frames[name], "metrics": metrics}
+    return out
 
 
 # ---------------------------------------------------------------- gathering
