@@ -1,6 +1,7 @@
 import copy
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn for a command a test interrupts with SIGINT: a shell starts background jobs
+    with SIGINT ignored and children inherit that, so a test runner started in the background
+    would send its Ctrl-C to a command deaf to it; a terminal's command handles it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def shared_file(*parts: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import wait_for_a_finished_sample
+from conftest import sigint_as_in_a_terminal, wait_for_a_finished_sample
 
 from emeval.cli import main
 from emeval.errors import EmevalError
@@ -277,6 +277,7 @@ def _held_grid(tmp_path: Path):
         text=True,
         env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{tmp_path / 'never-created'}"},
         start_new_session=True,  # its own process group, as a terminal gives a command
+        preexec_fn=sigint_as_in_a_terminal,
     )
     logs_dir = out / "eval" / "base" / "general" / "logs"
     done_before = wait_for_a_finished_sample(proc, logs_dir)

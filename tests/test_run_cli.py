@@ -7,7 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, copy_model, shared_file, wait_for_a_finished_sample
+from conftest import (
+    REPO,
+    copy_model,
+    shared_file,
+    sigint_as_in_a_terminal,
+    wait_for_a_finished_sample,
+)
 
 LOCAL_JUDGE = "smollm2-135m-instruct"
 ALL_METRICS = {
@@ -266,6 +272,7 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{release}"},
+        preexec_fn=sigint_as_in_a_terminal,
     )
     done_before = wait_for_a_finished_sample(proc, out / "logs")
     assert done_before, "no sample finished before the deadline"
