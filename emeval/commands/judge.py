@@ -74,8 +74,8 @@ def add_parser(subparsers) -> None:
         "--behaviour-heads",
         choices=("copy", "fit", "none"),
         default="copy",
-        help="in-domain rubric heads: copy from the bundled head (default), fit from the "
-        "project's warm-up sets, or leave out",
+        help="in-domain rubric heads: copy offline_v1's sentence-vector heads (default), fit "
+        "from the project's warm-up sets, or leave out",
     )
     calibrate.add_argument(
         "--off-topic",
@@ -114,6 +114,32 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--name", help="judge name recorded in the judge id (default: DIR name)")
     fit.set_defaults(func=run_fit)
 
+    behaviour = sub.add_parser(
+        "fit-behaviour",
+        help="give a reader judge in-domain behaviour heads on its reader, fitted on labelled "
+        "in-domain answers; writes a new judge dir",
+    )
+    behaviour.add_argument(
+        "--labels",
+        required=True,
+        action="append",
+        help="JSONL with question, answer, rubric, behaviour, coherent and optional status; "
+        "repeatable",
+    )
+    behaviour.add_argument(
+        "--judge",
+        default=None,
+        help="the reader judge: a dir or a bundled name (default: the bundled judge)",
+    )
+    behaviour.add_argument("--out", required=True, help="directory for the new judge")
+    behaviour.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="fit on the labels only (default: also on the project's written warm-up sets)",
+    )
+    behaviour.add_argument("--name", help="judge name recorded in the judge id (default: DIR name)")
+    behaviour.set_defaults(func=run_fit_behaviour)
+
 
 def _sample(frame, limit: int | None):
     if limit is None:
@@ -129,22 +155,29 @@ def run_validate(args) -> int:
     from emeval.formatting import fmt_points, fmt_statistic
     from emeval.judging import JudgeRequest, judge_from_spec, load_rubric
     from emeval.judging.validation import (
+        BEHAVIOUR_COLUMNS,
         MIN_COUNTED,
+        REQUIRED_COLUMNS,
         compare,
         markdown_report,
         read_labels,
         record_in_judge,
+        require_columns,
     )
 
     if args.about and not args.record:
         raise EmevalError("--about goes with --record")
     if args.min_counted is not None and args.min_counted < 1:
         raise EmevalError(f"--min-counted must be at least 1, got {args.min_counted}")
-    frame = _sample(read_labels(args.labels), args.limit)
+    frame = _sample(read_labels(args.labels, required=("question", "answer")), args.limit)
+    behaviour = "behaviour" in frame.columns
+    require_columns(frame, args.labels, BEHAVIOUR_COLUMNS if behaviour else REQUIRED_COLUMNS)
     # the offline judge costs nothing to rerun: keep its verdicts out of the shared cache
     spec = args.judge or "offline"
     judge = judge_from_spec(spec, cached=not spec.startswith("offline"))
     judge.check()
+    if behaviour:
+        return _validate_behaviour(args, frame, judge)
     rubrics = {"aligned": load_rubric("alignment"), "coherent": load_rubric("coherence")}
     # an answer's rubrics side by side: a judge that reads each pair once (the offline
     # reader) then reads it once for both
@@ -192,6 +225,52 @@ def run_validate(args) -> int:
     return 0
 
 
+def _validate_behaviour(args, frame, judge) -> int:
+    """Labels of in-domain answers: each row scored on its own rubric (and coherence, which
+    decides which answers a behaviour rate counts), compared per rubric."""
+    from emeval.formatting import fmt_points, fmt_statistic
+    from emeval.judging import JudgeRequest, load_rubric
+    from emeval.judging.validation import compare_behaviour, record_behaviour_in_judge
+
+    if args.record and not (Path(args.record) / "manifest.json").is_file():
+        raise EmevalError(f"--record {args.record}: not a judge directory")
+    names = sorted(set(frame["rubric"].astype(str)))
+    rubrics = {name: load_rubric(name) for name in names}  # one line for an unknown name
+    coherence = load_rubric("coherence")
+    requests = [
+        JudgeRequest(q, a, rubric)
+        for q, a, name in zip(frame["question"], frame["answer"], frame["rubric"], strict=True)
+        for rubric in (rubrics[str(name)], coherence)
+    ]
+    print(f"scoring {len(frame)} answers x (their rubric, coherence) with {judge.id} ...")
+    verdicts = score_with_progress(judge, requests)
+    frame["judge_behaviour"] = [v.score if v.status == "ok" else math.nan for v in verdicts[::2]]
+    frame["judge_coherent"] = [v.score if v.status == "ok" else math.nan for v in verdicts[1::2]]
+    result = {"judge": judge.id, "labels": str(args.labels)} | compare_behaviour(frame)
+    for name, r in result["per_rubric"].items():
+        print(
+            f"{name}: n {r['n']}  AUROC {fmt_statistic(r['auroc'])}  Spearman "
+            f"{fmt_statistic(r['spearman'])}  behaviour rate judge/reference "
+            f"{fmt_points(r['behaviour_rate_judge'])}/{fmt_points(r['behaviour_rate_reference'])}"
+            f" (over all scored answers {fmt_points(r['flagged_share_judge'])}/"
+            f"{fmt_points(r['flagged_share_reference'])})"
+        )
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise EmevalError(f"--out {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out / 'validation.json'}")
+    if args.record:
+        about = args.about or Path(args.labels).name
+        path = record_behaviour_in_judge(
+            Path(args.record).expanduser(), Path(args.labels).name, about, result
+        )
+        print(f"recorded in {path}")
+    return 0
+
+
 def score_with_progress(judge, requests: list, chunk: int = 256) -> list:
     """judge.score in chunks, so long work shows counts and time left."""
     from emeval.progress import Progress
@@ -222,6 +301,18 @@ def run_fit(args) -> int:
     )
     print(f"fitted on {counts['labelled']} labelled and {counts['degraded']} degraded answers")
     print(f"wrote {out}; use it with --judge offline:{out}")
+    return 0
+
+
+def run_fit_behaviour(args) -> int:
+    from emeval.judging.calibrate import fit_reader_behaviour
+
+    manifest = fit_reader_behaviour(
+        args.judge, args.labels, args.out, name=args.name, warmup=not args.no_warmup
+    )
+    for rubric, report in manifest["behaviour_fit_report"].items():
+        print(f"{rubric}: {json.dumps(report)}")
+    print(f"wrote {args.out}; use it with --judge offline:{args.out}")
     return 0
 
 

@@ -25,7 +25,15 @@ from emeval.errors import EmevalError
 from emeval.judging import offline
 from emeval.judging.encoder import Encoder, shared_encoder
 from emeval.judging.offline import STATUSES, BinaryHead, StatusHead
-from emeval.judging.validation import COHERENT_FROM, MISALIGNED_BELOW, auroc, read_labels
+from emeval.judging.reader import WEIGHTS_FILE
+from emeval.judging.validation import (
+    BEHAVIOUR_COLUMNS,
+    COHERENT_FROM,
+    DEFAULT_THRESHOLDS,
+    MISALIGNED_BELOW,
+    auroc,
+    read_labels,
+)
 from emeval.resources import resource_path
 
 C_REGULARISATION = 1.0  # inverse L2 strength of the logistic heads
@@ -292,8 +300,9 @@ def calibrate(
 ) -> dict:
     """Fit alignment, coherence and status heads on `labels` (one or more files) and write
     OUT/head.npz + OUT/manifest.json. behaviour: 'fit' (from the project's warm-up sets),
-    'copy' (from the bundled head) or 'none'. off_topic: add that many off-topic pairs
-    (coherence 25) built from the labelled answers to the coherence head. Returns the manifest."""
+    'copy' (judges/offline_v1's sentence-vector heads) or 'none'. off_topic: add that many
+    off-topic pairs (coherence 25) built from the labelled answers to the coherence head.
+    Returns the manifest."""
     for p in (misaligned_prior, incoherent_prior, unscored_prior):
         if p is not None and not 0 < p < 1:
             raise EmevalError(f"a prior must lie strictly between 0 and 1, got {p}")
@@ -342,10 +351,10 @@ def calibrate(
     reports["coherence"]["off_topic_pairs"] = int(len(y_incoherent) - rated.sum())
     status, reports["status"] = fit_status(x, status_labels(frame), unscored_prior)
 
-    bundled = None
+    bundled = None  # the judge whose sentence-vector heads a heads-only judge can copy
     if behaviour == "copy" or status is None:
         try:
-            bundled = offline.OfflineJudge.load(None)
+            bundled = offline.OfflineJudge.load(offline.BEHAVIOUR_HEADS_FROM)
         except EmevalError:
             bundled = None
     behaviour_files: list[dict] = []
@@ -381,4 +390,99 @@ def calibrate(
     if out.exists() and not out.is_dir():
         raise EmevalError(f"--out {out} exists and is not a directory")
     offline.save_head(out, heads, status, manifest)
+    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- behaviour heads
+# on the reader: the in-domain rubrics read through the same cross-encoder as alignment and
+# coherence, so that fluent-looking filler that states no preference is not "unpopular taste"
+
+
+def behaviour_label_rows(label_files: list[str | Path]) -> pd.DataFrame:
+    """Labelled in-domain answers with a behaviour score on a known rubric (refusals, code
+    and unscored rows left out)."""
+    frames = []
+    for path in label_files:
+        frame = read_labels(path, required=BEHAVIOUR_COLUMNS)
+        unknown = sorted(set(frame["rubric"].astype(str)) - set(BEHAVIOUR_SETS))
+        if unknown:
+            raise EmevalError(
+                f"labels {path}: unknown behaviour rubric(s) {', '.join(unknown)} "
+                f"(known: {', '.join(BEHAVIOUR_SETS)})"
+            )
+        status = frame["status"] if "status" in frame.columns else pd.Series("ok", frame.index)
+        frames.append(frame[(status.fillna("ok") == "ok") & frame["behaviour"].notna()])
+    rows = pd.concat(frames, ignore_index=True)
+    rows["y"] = DEFAULT_THRESHOLDS.behaviour(rows["behaviour"]).astype(int)
+    return rows[["question", "answer", "rubric", "y"]]
+
+
+def warmup_rows() -> pd.DataFrame:
+    """The project's written warm-up sets: high-scoring answers 1, low-scoring 0."""
+    parts = []
+    for rubric, (high, low) in BEHAVIOUR_SETS.items():
+        for paths, y in ((high, 1), (low, 0)):
+            questions, answers = _behaviour_rows(paths)
+            parts.append(pd.DataFrame({"question": questions, "answer": answers,
+                                       "rubric": rubric, "y": y}))  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+def reader_features(reader, frame: pd.DataFrame, chunk: int = 256) -> np.ndarray:
+    """The reader's pooled vector of every (question, answer) row, with progress."""
+    from emeval.progress import Progress
+
+    pairs = list(zip(frame["question"], frame["answer"], strict=True))
+    out = []
+    with Progress("reading labelled answers", total=len(pairs), unit="answers") as bar:
+        for start in range(0, len(pairs), chunk):
+            out += [r.features for r in reader.read(pairs[start : start + chunk])]
+            bar.advance(len(pairs[start : start + chunk]))
+    return np.stack(out).astype(np.float64)
+
+
+def fit_reader_behaviour(
+    judge_dir: str | Path,
+    label_files: list[str | Path],
+    out: str | Path,
+    name: str | None = None,
+    warmup: bool = True,
+) -> dict:
+    """A copy of a reader judge whose in-domain behaviour heads are logistic heads on its
+    reader's pooled vector, fitted on labelled in-domain answers (and the written warm-up
+    sets). Alignment and coherence are the reader's, unchanged. Returns the manifest."""
+    judge = offline.OfflineJudge.load(judge_dir)
+    if judge.reader is None:
+        raise EmevalError(f"{judge.head_dir} has no reader: fit one with `emeval judge fit`")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EmevalError(f"--out {out} exists and is not an empty directory")
+    frame = behaviour_label_rows(label_files)
+    if warmup:
+        frame = pd.concat([frame, warmup_rows()], ignore_index=True)
+    x = reader_features(judge.reader, frame)
+    heads, reports = {}, {}
+    for rubric in BEHAVIOUR_SETS:
+        rows = (frame["rubric"] == rubric).to_numpy()
+        if not rows.any():
+            raise EmevalError(f"no labelled answers for the {rubric} rubric")
+        heads[rubric], reports[rubric] = fit_binary(
+            x[rows], frame["y"].to_numpy()[rows], BEHAVIOUR_CUT, "above", None
+        )
+        heads[rubric].inputs = "reader"
+    out.mkdir(parents=True, exist_ok=True)
+    for file in (WEIGHTS_FILE, "reader.json"):
+        (out / file).write_bytes((judge.head_dir / file).read_bytes())
+    dropped = ("heads", "behaviour_heads_from", "status_head", "head_sha256")
+    manifest = {k: v for k, v in judge.manifest.items() if k not in dropped}
+    data = [{"path": str(p), "sha256": sha256_file(Path(p))} for p in label_files]
+    if warmup:
+        data += [{"path": f"data/{f}"} for high, low in BEHAVIOUR_SETS.values() for f in high + low]
+    manifest |= {
+        "name": name or out.name,
+        "reader_from": judge.id,
+        "behaviour_training_data": data,
+        "behaviour_fit_report": reports,
+    }
+    offline.save_head(out, heads, None, manifest)
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))

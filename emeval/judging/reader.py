@@ -48,6 +48,7 @@ class Reading:
     alignment: float  # 0-100
     coherence: float  # 0-100
     status: np.ndarray  # probabilities over STATUSES
+    features: np.ndarray  # the pooled vector the head reads, mean over the answer's windows
 
 
 def build_model(trainable_layers: int):
@@ -83,18 +84,21 @@ def build_model(trainable_layers: int):
                 hidden = layer(hidden, attention_mask=mask)
             return hidden
 
-        def upper(self, hidden, attention_mask, token_type_ids):
-            """The trained layers, mean pooling and the head: five logits per window."""
+        def pooled(self, hidden, attention_mask, token_type_ids):
+            """The trained layers and mean pooling: the vector the head reads, per window."""
             mask = self.layer_mask(attention_mask, hidden)
             for layer in self.encoder.encoder.layer[self.first_trained :]:
                 hidden = layer(hidden, attention_mask=mask)
             every = attention_mask[..., None].to(hidden.dtype)
             answer = every * token_type_ids[..., None].to(hidden.dtype)
-            pooled = torch.cat(
+            return torch.cat(
                 [(hidden * answer).sum(1) / answer.sum(1), (hidden * every).sum(1) / every.sum(1)],
                 dim=-1,
             )
-            return self.head(pooled)
+
+        def upper(self, hidden, attention_mask, token_type_ids):
+            """The trained layers, mean pooling and the head: five logits per window."""
+            return self.head(self.pooled(hidden, attention_mask, token_type_ids))
 
         def layer_mask(self, attention_mask, hidden):
             # the mask in the form this transformers version's layers take, made as BertModel
@@ -181,9 +185,12 @@ def collate(windows: list[dict], pad_id: int):
     return ids, mask, types
 
 
-def combine(logits: np.ndarray, passage_logits: np.ndarray | None = None) -> Reading:
-    """One answer's windows (rows of 5 logits), and its passages' if any, into one Reading;
-    passages count for alignment only (cut from their context, their coherence says little)."""
+def combine(
+    logits: np.ndarray, pooled: np.ndarray, passage_logits: np.ndarray | None = None
+) -> Reading:
+    """One answer's windows (rows of 5 logits, rows of pooled vectors), and its passages'
+    logits if any, into one Reading; passages count for alignment only (cut from their
+    context, their coherence says little)."""
     sigmoid = 1.0 / (1.0 + np.exp(-logits[:, :2]))
     z = logits[:, 2:] - logits[:, 2:].max(1, keepdims=True)
     status = np.exp(z) / np.exp(z).sum(1, keepdims=True)
@@ -198,6 +205,7 @@ def combine(logits: np.ndarray, passage_logits: np.ndarray | None = None) -> Rea
         alignment=float(100.0 / (1.0 + np.exp(-lowest))),
         coherence=float(100.0 * sigmoid[:, 1].mean()),
         status=status.mean(0),
+        features=pooled.mean(0),
     )
 
 
@@ -256,14 +264,17 @@ class Reader:
                 owner.append(i)
                 is_passage.append(True)
         logits = np.zeros((len(windows), 5), dtype=np.float32)
+        pooled = np.zeros((len(windows), model.head[0].in_features), dtype=np.float32)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]["ids"]))
         with torch.inference_mode():
             for start in range(0, len(order), BATCH_SIZE):
                 rows = order[start : start + BATCH_SIZE]
                 ids, mask, types = collate([windows[i] for i in rows], tokenizer.pad_token_id)
-                logits[rows] = model(ids, mask, types).float().numpy()
+                vectors = model.pooled(model.lower(ids, mask, types), mask, types)
+                logits[rows] = model.head(vectors).float().numpy()
+                pooled[rows] = vectors.float().numpy()
         whole: list[list[int]] = [[] for _ in pairs]
         parts: list[list[int]] = [[] for _ in pairs]
         for row, i in enumerate(owner):
             (parts if is_passage[row] else whole)[i].append(row)
-        return [combine(logits[w], logits[p]) for w, p in zip(whole, parts, strict=True)]
+        return [combine(logits[w], pooled[w], logits[p]) for w, p in zip(whole, parts, strict=True)]
