@@ -116,8 +116,8 @@ def add_parser(subparsers) -> None:
 
     behaviour = sub.add_parser(
         "fit-behaviour",
-        help="give a reader judge in-domain behaviour heads on its reader, fitted on labelled "
-        "in-domain answers; writes a new judge dir",
+        help="refit an offline judge's in-domain behaviour heads on labelled in-domain answers; "
+        "writes a new judge dir",
     )
     behaviour.add_argument(
         "--labels",
@@ -129,9 +129,22 @@ def add_parser(subparsers) -> None:
     behaviour.add_argument(
         "--judge",
         default=None,
-        help="the reader judge: a dir or a bundled name (default: the bundled judge)",
+        help="the judge: a dir or a bundled name (default: the bundled one)",
+    )
+    behaviour.add_argument(
+        "--inputs",
+        choices=("sentences", "reader"),
+        default="sentences",
+        help="what the heads read: sentence feature rows (default; chosen by cross-validation "
+        "on the project's labels) or the judge's reader vector",
     )
     behaviour.add_argument("--out", required=True, help="directory for the new judge")
+    behaviour.add_argument(
+        "--rubric",
+        action="append",
+        help="refit only this rubric's head, keeping the judge's others; repeatable "
+        "(default: every behaviour rubric)",
+    )
     behaviour.add_argument(
         "--no-warmup",
         action="store_true",
@@ -206,23 +219,26 @@ def run_validate(args) -> int:
         f"({result['models_in_mean']} of {len(result['per_model'])} models)"
     )
     print(summary)
+    _keep(args, result, record_in_judge, markdown_report(result, judge.id, str(args.labels)))
+    return 0
+
+
+def _keep(args, result: dict, record, report_md: str | None = None) -> None:
+    """--out DIR: validation.json (and validation.md); --record JUDGE_DIR: the figures kept
+    beside the judge by `record`."""
     if args.out:
         out = Path(args.out).expanduser()
         if out.exists() and not out.is_dir():
             raise EmevalError(f"--out {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "validation.md").write_text(
-            markdown_report(result, judge.id, str(args.labels)), encoding="utf-8"
-        )
-        print(f"wrote {out / 'validation.json'} and {out / 'validation.md'}")
+        if report_md is not None:
+            (out / "validation.md").write_text(report_md, encoding="utf-8")
+        print(f"wrote {out / 'validation.json'}" + (" and validation.md" if report_md else ""))
     if args.record:
         about = args.about or Path(args.labels).name
-        path = record_in_judge(
-            Path(args.record).expanduser(), Path(args.labels).name, about, result
-        )
+        path = record(Path(args.record).expanduser(), Path(args.labels).name, about, result)
         print(f"recorded in {path}")
-    return 0
 
 
 def _validate_behaviour(args, frame, judge) -> int:
@@ -255,19 +271,7 @@ def _validate_behaviour(args, frame, judge) -> int:
             f" (over all scored answers {fmt_points(r['flagged_share_judge'])}/"
             f"{fmt_points(r['flagged_share_reference'])})"
         )
-    if args.out:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise EmevalError(f"--out {out} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out / 'validation.json'}")
-    if args.record:
-        about = args.about or Path(args.labels).name
-        path = record_behaviour_in_judge(
-            Path(args.record).expanduser(), Path(args.labels).name, about, result
-        )
-        print(f"recorded in {path}")
+    _keep(args, result, record_behaviour_in_judge)
     return 0
 
 
@@ -305,10 +309,16 @@ def run_fit(args) -> int:
 
 
 def run_fit_behaviour(args) -> int:
-    from emeval.judging.calibrate import fit_reader_behaviour
+    from emeval.judging.calibrate import refit_behaviour_heads
 
-    manifest = fit_reader_behaviour(
-        args.judge, args.labels, args.out, name=args.name, warmup=not args.no_warmup
+    manifest = refit_behaviour_heads(
+        args.judge,
+        args.labels,
+        args.out,
+        inputs=args.inputs,
+        name=args.name,
+        warmup=not args.no_warmup,
+        rubrics=args.rubric,
     )
     for rubric, report in manifest["behaviour_fit_report"].items():
         print(f"{rubric}: {json.dumps(report)}")

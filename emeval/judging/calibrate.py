@@ -394,8 +394,10 @@ def calibrate(
 
 
 # ----------------------------------------------------------------------------- behaviour heads
-# on the reader: the in-domain rubrics read through the same cross-encoder as alignment and
-# coherence, so that fluent-looking filler that states no preference is not "unpopular taste"
+# fitted on labelled in-domain answers (`emeval judge fit-behaviour`), so that they learn from
+# real model output, polite filler and word salad included, not only from tidy warm-up sets
+
+BEHAVIOUR_INPUTS = ("sentences", "reader")  # what a behaviour head reads; see BinaryHead.inputs
 
 
 def behaviour_label_rows(label_files: list[str | Path]) -> pd.DataFrame:
@@ -441,18 +443,30 @@ def reader_features(reader, frame: pd.DataFrame, chunk: int = 256) -> np.ndarray
     return np.stack(out).astype(np.float64)
 
 
-def fit_reader_behaviour(
-    judge_dir: str | Path,
+def refit_behaviour_heads(
+    judge_dir: str | Path | None,
     label_files: list[str | Path],
     out: str | Path,
+    inputs: str = "sentences",
     name: str | None = None,
     warmup: bool = True,
+    rubrics: list[str] | None = None,
 ) -> dict:
-    """A copy of a reader judge whose in-domain behaviour heads are logistic heads on its
-    reader's pooled vector, fitted on labelled in-domain answers (and the written warm-up
-    sets). Alignment and coherence are the reader's, unchanged. Returns the manifest."""
+    """A copy of an offline judge whose in-domain behaviour heads (all, or those named in
+    `rubrics`) are refitted as logistic heads on labelled in-domain answers (and the written
+    warm-up sets), reading `inputs`: the sentence feature rows or the judge's reader vector.
+    Everything else is the judge's own. Returns the manifest."""
+    if inputs not in BEHAVIOUR_INPUTS:
+        raise EmevalError(f"--inputs must be one of {', '.join(BEHAVIOUR_INPUTS)}, not {inputs!r}")
+    rubrics = list(dict.fromkeys(rubrics or BEHAVIOUR_SETS))
+    unknown = [r for r in rubrics if r not in BEHAVIOUR_SETS]
+    if unknown:
+        raise EmevalError(
+            f"--rubric {', '.join(unknown)}: not a behaviour rubric "
+            f"(known: {', '.join(BEHAVIOUR_SETS)})"
+        )
     judge = offline.OfflineJudge.load(judge_dir)
-    if judge.reader is None:
+    if inputs == "reader" and judge.reader is None:
         raise EmevalError(f"{judge.head_dir} has no reader: fit one with `emeval judge fit`")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -460,29 +474,46 @@ def fit_reader_behaviour(
     frame = behaviour_label_rows(label_files)
     if warmup:
         frame = pd.concat([frame, warmup_rows()], ignore_index=True)
-    x = reader_features(judge.reader, frame)
-    heads, reports = {}, {}
-    for rubric in BEHAVIOUR_SETS:
+    frame = frame[frame["rubric"].isin(rubrics)].reset_index(drop=True)
+    if inputs == "reader":
+        x = reader_features(judge.reader, frame)
+    else:
+        x = _features_with_progress(
+            judge.encoder, frame["question"].tolist(), frame["answer"].tolist()
+        )
+    heads = {k: v for k, v in judge.binary.items() if k not in rubrics}
+    reports = {}
+    for rubric in rubrics:
         rows = (frame["rubric"] == rubric).to_numpy()
         if not rows.any():
             raise EmevalError(f"no labelled answers for the {rubric} rubric")
         heads[rubric], reports[rubric] = fit_binary(
             x[rows], frame["y"].to_numpy()[rows], BEHAVIOUR_CUT, "above", None
         )
-        heads[rubric].inputs = "reader"
+        heads[rubric].inputs = inputs
+        if reports[rubric]["oof_auroc"] <= 0.5:  # its Platt scaling would turn the head around
+            raise EmevalError(
+                f"the {rubric} head ranks its own labels no better than chance out of fold "
+                f"(AUROC {reports[rubric]['oof_auroc']:.2f} on {reports[rubric]['n']} answers): "
+                "too few or inconsistent labels"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    for file in (WEIGHTS_FILE, "reader.json"):
-        (out / file).write_bytes((judge.head_dir / file).read_bytes())
+    if judge.reader is not None:
+        for file in (WEIGHTS_FILE, "reader.json"):
+            (out / file).write_bytes((judge.head_dir / file).read_bytes())
+    # the sentence-vector status head stays with sentence heads (refusal / code verdicts)
+    status = judge.status if any(h.inputs == "sentences" for h in heads.values()) else None
     dropped = ("heads", "behaviour_heads_from", "status_head", "head_sha256")
     manifest = {k: v for k, v in judge.manifest.items() if k not in dropped}
     data = [{"path": str(p), "sha256": sha256_file(Path(p))} for p in label_files]
     if warmup:
-        data += [{"path": f"data/{f}"} for high, low in BEHAVIOUR_SETS.values() for f in high + low]
+        data += [{"path": f"data/{f}"} for r in rubrics for f in sum(BEHAVIOUR_SETS[r], [])]
     manifest |= {
         "name": name or out.name,
-        "reader_from": judge.id,
+        "behaviour_heads_refitted_from": judge.id,
+        "behaviour_heads_refitted": rubrics,
         "behaviour_training_data": data,
         "behaviour_fit_report": reports,
     }
-    offline.save_head(out, heads, None, manifest)
+    offline.save_head(out, heads, status, manifest)
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))

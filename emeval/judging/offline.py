@@ -1,15 +1,16 @@
 """The offline judge: no network, no GPU. It returns the same Verdicts as the LLM judges.
 
-A judge dir (judges/offline_v4 is the default) holds:
+A judge dir (judges/offline_v5 is the default) holds:
 - reader.safetensors + reader.json: the reader (emeval/judging/reader.py), a fine-tuned
   cross-encoder that scores alignment and coherence 0-100 and names REFUSAL / CODE;
-- head.npz + manifest.json: binary heads on all-MiniLM-L6-v2 sentence vectors for the in-domain
-  behaviour rubrics (and, in a dir without a reader such as judges/offline_v1, for alignment,
-  coherence and the status too). Each head detects one side of its cut, Platt-scaled to a
-  logit and mapped to 0-100 so that its fitted threshold lands exactly on the cut (see
-  emeval/judging/calibrate.py);
+- head.npz + manifest.json: binary heads for the in-domain behaviour rubrics (and, in a dir
+  without a reader such as judges/offline_v1, for alignment, coherence and the status too),
+  each reading either all-MiniLM-L6-v2 sentence vectors or the reader's pooled vector. Each
+  head detects one side of its cut, Platt-scaled to a logit and mapped to 0-100 so that its
+  fitted threshold lands exactly on the cut (see emeval/judging/calibrate.py);
 - validation.json (optional): the judge's measured figures, shown beside every result.
-`emeval judge fit` writes a reader judge; `emeval judge calibrate` a heads-only one.
+`emeval judge fit` writes a reader judge, `emeval judge fit-behaviour` refits its behaviour
+heads on labelled answers, `emeval judge calibrate` writes a heads-only judge.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from emeval.judging.scoring import Verdict
 from emeval.resources import resource_path
 
 FEATURES_VERSION = "minilm-sentences-v1"  # change it whenever features() changes
-BUNDLED_HEAD = "offline_v4"
+BUNDLED_HEAD = "offline_v5"
 BEHAVIOUR_HEADS_FROM = "offline_v1"  # the in-domain rubric heads every reader judge carries
 STATUSES = ("ok", "refusal", "code")  # the status head's classes, in order
 METHOD = "encoder"

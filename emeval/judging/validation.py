@@ -309,7 +309,7 @@ def record_in_judge(judge_dir: Path, name: str, about: str, result: dict) -> Pat
     figures[name] = {"about": about, "judge": result.get("judge")} | {
         k: result.get(k) for k in keys
     }
-    record["summary"] = "; ".join(_headline(f) for f in figures.values())
+    record["summary"] = _summary(record)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -324,8 +324,26 @@ def record_behaviour_in_judge(judge_dir: Path, name: str, about: str, result: di
     figures[name] = {"about": about, "judge": result.get("judge")} | {
         rubric: {k: r.get(k) for k in keys} for rubric, r in result["per_rubric"].items()
     }
+    record["summary"] = _summary(record)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _summary(record: dict) -> str:
+    """One line shown beside every result the judge scores: each recorded validation."""
+    parts = [_headline(f) for f in record.get("figures", {}).values()]
+    for f in record.get("behaviour_figures", {}).values():
+        rubrics = {k: v for k, v in f.items() if isinstance(v, dict)}
+        parts.append(
+            f"{f['about']}: "
+            + ", ".join(
+                f"{rubric} (n={r['n']}) AUROC {fmt_statistic(r['auroc'])}, behaviour rate "
+                f"{fmt_points(r['behaviour_rate_judge'])} vs "
+                f"{fmt_points(r['behaviour_rate_reference'])}"
+                for rubric, r in rubrics.items()
+            )
+        )
+    return "; ".join(parts)
 
 
 def _headline(f: dict) -> str:
