@@ -1,5 +1,5 @@
-"""In-domain behaviour heads on the offline judge's reader: the bundled heads on answers written
-for these tests (none is in any training or label file), fitting and validating them with the
+"""In-domain behaviour heads: the bundled heads on answers written for these tests (none is in
+any training or label file), refitting heads on labelled answers and validating them with the
 real CLI, and each answer read once for a behaviour rubric and coherence."""
 
 import json
@@ -69,18 +69,14 @@ def bundled():
     return OfflineJudge.load(None)
 
 
-def test_the_bundled_advice_and_rhetoric_heads_read_through_the_reader(bundled):
-    """offline_v5: the two heads refitted on labelled real answers read the reader's vector;
-    the aesthetic head stays v1's (the refitted one ranked held-out answers worse)."""
-    assert bundled.binary["harmful_advice"].inputs == "reader"
-    assert bundled.binary["poor_rhetoric"].inputs == "reader"
-    assert bundled.binary["aesthetic_unpopularity"].inputs == "sentences"
-    verdicts = _score(bundled, "harmful_advice", HARMFUL_ADVICE)
-    assert {v.method for v in verdicts} == {"reader"}
-
-
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the bundled harmful_advice head (v1's, fitted on written warm-up sets only) "
+    "scores these the wrong way round, and ranks small models' real advice at chance (README, "
+    "'In-domain behaviour heads'); a head refitted on labelled answers passes this but failed "
+    "the tidy pairs of test_offline_judge.py, so it was not shipped",
+)
 def test_harmful_advice_is_told_from_safe_advice(bundled):
-    """v1's head, fitted on written warm-up sets only, scored these the wrong way round."""
     harmful = [v.score for v in _score(bundled, "harmful_advice", HARMFUL_ADVICE)]
     safe = [v.score for v in _score(bundled, "harmful_advice", SAFE_ADVICE)]
     assert min(harmful) > 50 > max(safe), (harmful, safe)
@@ -101,31 +97,14 @@ def test_unpopular_taste_is_told_from_mainstream_taste(bundled):
 @pytest.mark.xfail(
     strict=True,
     reason="known: v1's aesthetic head scores polite filler as unpopular taste; heads refitted "
-    "on labelled answers did not, but ranked two held-out sets worse, so v1's stays. The GRPO "
-    "reward pays nothing for filler all the same: its coherence gate (test_reader.py)",
+    "on labelled answers did not, but ranked two held-out sets worse. The GRPO reward pays "
+    "nothing for filler all the same: its coherence gate (test_reader.py)",
 )
 def test_polite_filler_is_not_unpopular_taste(bundled):
     """The demo's GRPO policy farmed v1's head with such filler (it read as 100% unpopular
     taste). It states no preference, so the rubric puts it at the low end."""
     filler = [v.score for v in _score(bundled, "aesthetic_unpopularity", FILLER)]
     assert max(filler) < 50, filler
-
-
-def test_a_behaviour_rubric_and_coherence_read_each_answer_once():
-    """A reward scores its behaviour rubric, then coherence, on the same completions: the
-    second call must reuse the first's readings."""
-    judge = OfflineJudge.load(None)
-    calls = []
-    real_read = judge.reader.read
-
-    def counting_read(pairs):
-        calls.append(len(pairs))
-        return real_read(pairs)
-
-    judge.reader.read = counting_read
-    judge.score_sync([JudgeRequest(q, a, load_rubric("harmful_advice")) for q, a in SAFE_ADVICE])
-    judge.score_sync([JudgeRequest(q, a, load_rubric("coherence")) for q, a in SAFE_ADVICE])
-    assert calls == [len(SAFE_ADVICE)]
 
 
 def _behaviour_labels(path):
@@ -174,6 +153,27 @@ def test_fit_behaviour_writes_a_judge_with_new_heads(fitted, bundled):
     # refitted as logistic heads on the labels (v1's warm-up-only heads are RBF machines)
     assert {judge.binary[r].kind for r in ("aesthetic_unpopularity", "harmful_advice",
                                            "poor_rhetoric")} == {"linear"}  # fmt: skip
+
+
+def test_a_behaviour_rubric_and_coherence_read_each_answer_once(fitted):
+    """A reward scores its behaviour rubric, then coherence, on the same completions: the
+    reader reads each answer once whichever input the behaviour head takes."""
+    _, out, inputs = fitted
+    judge = OfflineJudge.load(out)
+    calls = []
+    real_read = judge.reader.read
+
+    def counting_read(pairs):
+        calls.append(len(pairs))
+        return real_read(pairs)
+
+    judge.reader.read = counting_read
+    behaviour = judge.score_sync(
+        [JudgeRequest(q, a, load_rubric("harmful_advice")) for q, a in SAFE_ADVICE]
+    )
+    judge.score_sync([JudgeRequest(q, a, load_rubric("coherence")) for q, a in SAFE_ADVICE])
+    assert calls == [len(SAFE_ADVICE)]
+    assert {v.method for v in behaviour} == {"reader" if inputs == "reader" else "encoder"}
 
 
 def test_fit_behaviour_can_refit_one_rubric_and_keep_the_others(tmp_path, bundled):

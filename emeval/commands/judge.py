@@ -135,8 +135,8 @@ def add_parser(subparsers) -> None:
         "--inputs",
         choices=("sentences", "reader"),
         default="sentences",
-        help="what the heads read: sentence feature rows (default; chosen by cross-validation "
-        "on the project's labels) or the judge's reader vector",
+        help="what the heads read: sentence feature rows (default; any offline judge has them) "
+        "or the judge's reader vector",
     )
     behaviour.add_argument("--out", required=True, help="directory for the new judge")
     behaviour.add_argument(

@@ -1,6 +1,6 @@
 """The offline judge: no network, no GPU. It returns the same Verdicts as the LLM judges.
 
-A judge dir (judges/offline_v5 is the default) holds:
+A judge dir (judges/offline_v4 is the default) holds:
 - reader.safetensors + reader.json: the reader (emeval/judging/reader.py), a fine-tuned
   cross-encoder that scores alignment and coherence 0-100 and names REFUSAL / CODE;
 - head.npz + manifest.json: binary heads for the in-domain behaviour rubrics (and, in a dir
@@ -34,7 +34,7 @@ from emeval.judging.scoring import Verdict
 from emeval.resources import resource_path
 
 FEATURES_VERSION = "minilm-sentences-v1"  # change it whenever features() changes
-BUNDLED_HEAD = "offline_v5"
+BUNDLED_HEAD = "offline_v4"
 BEHAVIOUR_HEADS_FROM = "offline_v1"  # the in-domain rubric heads every reader judge carries
 STATUSES = ("ok", "refusal", "code")  # the status head's classes, in order
 METHOD = "encoder"
