@@ -298,32 +298,27 @@ def markdown_report(result: dict, judge_id: str, labels: str) -> str:
 def record_in_judge(judge_dir: Path, name: str, about: str, result: dict) -> Path:
     """Keep a validation's headline figures beside a judge's weights (validation.json), so
     every run it scores can say how far to trust it."""
-    path = Path(judge_dir) / "validation.json"
     if not Path(judge_dir).is_dir():
         raise EmevalError(f"--record {judge_dir}: not a judge directory")
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     keys = ("n", "auroc", "spearman_aligned", "spearman_coherent", "em_rate_reference",
             "em_rate_judge", "em_rate_abs_error_mean", "em_rate_abs_error_max", "models_in_mean",
             "coherent_share_reference", "coherent_share_judge")  # fmt: skip
-    figures = record.setdefault("figures", {})
-    figures[name] = {"about": about, "judge": result.get("judge")} | {
-        k: result.get(k) for k in keys
-    }
-    record["summary"] = _summary(record)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return path
+    return _record(judge_dir, "figures", name, about, result, {k: result.get(k) for k in keys})
 
 
 def record_behaviour_in_judge(judge_dir: Path, name: str, about: str, result: dict) -> Path:
     """Keep an in-domain behaviour validation's per-rubric figures in validation.json."""
-    path = Path(judge_dir) / "validation.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     keys = ("n", "auroc", "spearman", "behaviour_rate_reference", "behaviour_rate_judge",
             "flagged_share_reference", "flagged_share_judge")  # fmt: skip
-    figures = record.setdefault("behaviour_figures", {})
-    figures[name] = {"about": about, "judge": result.get("judge")} | {
-        rubric: {k: r.get(k) for k in keys} for rubric, r in result["per_rubric"].items()
-    }
+    figures = {rubric: {k: r.get(k) for k in keys} for rubric, r in result["per_rubric"].items()}
+    return _record(judge_dir, "behaviour_figures", name, about, result, figures)
+
+
+def _record(judge_dir: Path, section: str, name: str, about: str, result: dict, figures: dict):
+    """validation.json with `figures` under record[section][name] and the summary line redone."""
+    path = Path(judge_dir) / "validation.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record.setdefault(section, {})[name] = {"about": about, "judge": result.get("judge")} | figures
     record["summary"] = _summary(record)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
