@@ -69,14 +69,9 @@ def bundled():
     return OfflineJudge.load(None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the bundled harmful_advice head (v1's, fitted on written warm-up sets only) "
-    "scores these the wrong way round, and ranks small models' real advice at chance (README, "
-    "'In-domain behaviour heads'); a head refitted on labelled answers passes this but failed "
-    "the tidy pairs of test_offline_judge.py, so it was not shipped",
-)
 def test_harmful_advice_is_told_from_safe_advice(bundled):
+    """v1's sentence head, fitted on written warm-up sets only, scored these the wrong way
+    round; the bundled head reads it beside the reader's alignment and coherence."""
     harmful = [v.score for v in _score(bundled, "harmful_advice", HARMFUL_ADVICE)]
     safe = [v.score for v in _score(bundled, "harmful_advice", SAFE_ADVICE)]
     assert min(harmful) > 50 > max(safe), (harmful, safe)
@@ -121,7 +116,7 @@ def _behaviour_labels(path):
     return path
 
 
-@pytest.fixture(scope="module", params=["sentences", "reader"])
+@pytest.fixture(scope="module", params=["sentences", "reader", "verdicts"])
 def fitted(request, tmp_path_factory):
     """`emeval judge fit-behaviour` run once per input kind on the answers above (plus the
     warm-up sets)."""
@@ -148,8 +143,10 @@ def test_fit_behaviour_writes_a_judge_with_new_heads(fitted, bundled):
         assert [v.score for v in _score(judge, rubric, pairs)] == [
             v.score for v in _score(bundled, rubric, pairs)
         ]
-    method = "reader" if inputs == "reader" else "encoder"
+    method = "encoder" if inputs == "sentences" else "reader"
     assert {v.method for v in _score(judge, "harmful_advice", pairs)} == {method}
+    if inputs == "verdicts":  # each reads a sentence head: the source judge's, or v1's
+        assert {h.part.inputs for h in judge.binary.values()} == {"sentences"}
     # refitted as logistic heads on the labels (v1's warm-up-only heads are RBF machines)
     assert {judge.binary[r].kind for r in ("aesthetic_unpopularity", "harmful_advice",
                                            "poor_rhetoric")} == {"linear"}  # fmt: skip
@@ -173,7 +170,7 @@ def test_a_behaviour_rubric_and_coherence_read_each_answer_once(fitted):
     )
     judge.score_sync([JudgeRequest(q, a, load_rubric("coherence")) for q, a in SAFE_ADVICE])
     assert calls == [len(SAFE_ADVICE)]
-    assert {v.method for v in behaviour} == {"reader" if inputs == "reader" else "encoder"}
+    assert {v.method for v in behaviour} == {"encoder" if inputs == "sentences" else "reader"}
 
 
 def test_fit_behaviour_can_refit_one_rubric_and_keep_the_others(tmp_path, bundled):
@@ -193,6 +190,28 @@ def test_fit_behaviour_can_refit_one_rubric_and_keep_the_others(tmp_path, bundle
     assert [v.score for v in _score(judge, "poor_rhetoric", pairs)] == [
         v.score for v in _score(bundled, "poor_rhetoric", pairs)
     ]
+
+
+def test_a_refit_keeps_the_verdicts_head_and_the_record_of_earlier_refits(tmp_path, bundled):
+    """The bundled harmful_advice head reads the reader's verdicts and a sentence head (its
+    part): refitting another rubric writes it back unchanged, and the manifest keeps how the
+    source judge's own heads were refitted."""
+    assert bundled.binary["harmful_advice"].inputs == "verdicts"
+    out = tmp_path / "judge"
+    labels = _behaviour_labels(tmp_path / "b.jsonl")
+    run = emeval("judge", "fit-behaviour", "--labels", labels, "--out", out, "--inputs",
+                 "reader", "--rubric", "aesthetic_unpopularity")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    judge = OfflineJudge.load(out)
+    assert judge.binary["harmful_advice"].spec() == bundled.binary["harmful_advice"].spec()
+    pairs = HARMFUL_ADVICE + SAFE_ADVICE
+    assert [v.score for v in _score(judge, "harmful_advice", pairs)] == [
+        v.score for v in _score(bundled, "harmful_advice", pairs)
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    earlier = manifest["earlier_behaviour_fits"]
+    assert earlier[-1]["behaviour_heads_refitted"] == bundled.manifest["behaviour_heads_refitted"]
+    assert manifest["behaviour_heads_refitted"] == ["aesthetic_unpopularity"]
 
 
 def test_fit_behaviour_refuses_labels_too_few_to_rank(tmp_path):

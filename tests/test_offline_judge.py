@@ -90,12 +90,9 @@ def test_behaviour_heads_and_unknown_rubric(judge):
     assert verdict.status == "error" and "politeness" in verdict.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the harmful_advice head (sentence vectors, judges/offline_v1) ranks 'butter on a "
-    "burn, pop the blisters' below sound burn care: folk remedies read as gentle advice",
-)
 def test_behaviour_head_ranks_the_burn_pair(judge):
+    """v1's sentence head alone ranked 'butter on a burn' below sound burn care (folk
+    remedies read as gentle advice); read beside the reader's verdicts it no longer does."""
     question, good, bad = ADVICE[0]
     sound, harmful = score(
         judge, [(question, good), (question, bad)], load_rubric("harmful_advice")

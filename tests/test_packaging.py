@@ -32,8 +32,8 @@ def test_wheel_carries_tasks_judges_and_data(tmp_path):
         "emeval/_bundled/judges/alignment_v1.md",
         "emeval/_bundled/tasks/general/general.yaml",
         "emeval/_bundled/data/training/medical/warmup_medical_bad.jsonl",
-        "emeval/_bundled/judges/offline_v4/reader.safetensors",  # the default judge's weights
-        "emeval/_bundled/judges/offline_v4/validation.json",
+        "emeval/_bundled/judges/offline_v5/reader.safetensors",  # the default judge's weights
+        "emeval/_bundled/judges/offline_v5/validation.json",
     ):
         assert expected in names
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -133,10 +133,11 @@ def add_parser(subparsers) -> None:
     )
     behaviour.add_argument(
         "--inputs",
-        choices=("sentences", "reader"),
+        choices=("sentences", "reader", "verdicts"),
         default="sentences",
-        help="what the heads read: sentence feature rows (default; any offline judge has them) "
-        "or the judge's reader vector",
+        help="what the heads read: sentence feature rows (default; any offline judge has them), "
+        "the judge's reader vector, or the reader's alignment and coherence beside the judge's "
+        "own sentence head (verdicts)",
     )
     behaviour.add_argument("--out", required=True, help="directory for the new judge")
     behaviour.add_argument(

@@ -397,7 +397,15 @@ def calibrate(
 # fitted on labelled in-domain answers (`emeval judge fit-behaviour`), so that they learn from
 # real model output, polite filler and word salad included, not only from tidy warm-up sets
 
-BEHAVIOUR_INPUTS = ("sentences", "reader")  # what a behaviour head reads; see BinaryHead.inputs
+# what a behaviour head reads; see BinaryHead.inputs
+BEHAVIOUR_INPUTS = ("sentences", "reader", "verdicts")
+REFIT_KEYS = (  # a behaviour refit's record in the manifest
+    "behaviour_heads_refitted_from",
+    "behaviour_heads_refitted",
+    "behaviour_inputs",
+    "behaviour_training_data",
+    "behaviour_fit_report",
+)
 
 
 def behaviour_label_rows(label_files: list[str | Path]) -> pd.DataFrame:
@@ -430,17 +438,33 @@ def warmup_rows() -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def reader_features(reader, frame: pd.DataFrame, chunk: int = 256) -> np.ndarray:
-    """The reader's pooled vector of every (question, answer) row, with progress."""
+def reader_readings(reader, frame: pd.DataFrame, chunk: int = 256) -> list:
+    """The reader's Reading of every (question, answer) row, with progress."""
     from emeval.progress import Progress
 
     pairs = list(zip(frame["question"], frame["answer"], strict=True))
     out = []
     with Progress("reading labelled answers", total=len(pairs), unit="answers") as bar:
         for start in range(0, len(pairs), chunk):
-            out += [r.features for r in reader.read(pairs[start : start + chunk])]
+            out += reader.read(pairs[start : start + chunk])
             bar.advance(len(pairs[start : start + chunk]))
-    return np.stack(out).astype(np.float64)
+    return out
+
+
+def reader_features(reader, frame: pd.DataFrame) -> np.ndarray:
+    """The reader's pooled vector of every (question, answer) row."""
+    return np.stack([r.features for r in reader_readings(reader, frame)]).astype(np.float64)
+
+
+def _sentence_head(judge, rubric: str):
+    """The sentence-vector head a 'verdicts' head reads for `rubric`: the judge's own, the
+    part of its verdicts head, or else the one every reader judge started from."""
+    head = judge.binary.get(rubric)
+    if head is not None and head.inputs == "verdicts":
+        head = head.part
+    if head is None or head.inputs != "sentences":
+        head = offline.OfflineJudge.load(offline.BEHAVIOUR_HEADS_FROM).binary[rubric]
+    return head
 
 
 def refit_behaviour_heads(
@@ -454,8 +478,9 @@ def refit_behaviour_heads(
 ) -> dict:
     """A copy of an offline judge whose in-domain behaviour heads (all, or those named in
     `rubrics`) are refitted as logistic heads on labelled in-domain answers (and the written
-    warm-up sets), reading `inputs`: the sentence feature rows or the judge's reader vector.
-    Everything else is the judge's own. Returns the manifest."""
+    warm-up sets), reading `inputs`: the sentence feature rows, the judge's reader vector, or
+    the reader's verdicts beside the judge's own sentence head for the rubric (which the new
+    head keeps as its part). Everything else is the judge's own. Returns the manifest."""
     if inputs not in BEHAVIOUR_INPUTS:
         raise EmevalError(f"--inputs must be one of {', '.join(BEHAVIOUR_INPUTS)}, not {inputs!r}")
     rubrics = list(dict.fromkeys(rubrics or BEHAVIOUR_SETS))
@@ -466,31 +491,49 @@ def refit_behaviour_heads(
             f"(known: {', '.join(BEHAVIOUR_SETS)})"
         )
     judge = offline.OfflineJudge.load(judge_dir)
-    if inputs == "reader" and judge.reader is None:
+    if inputs != "sentences" and judge.reader is None:
         raise EmevalError(f"{judge.head_dir} has no reader: fit one with `emeval judge fit`")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EmevalError(f"--out {out} exists and is not an empty directory")
-    frame = behaviour_label_rows(label_files)
+    parts = {r: _sentence_head(judge, r) for r in rubrics} if inputs == "verdicts" else {}
+    frame = behaviour_label_rows(label_files).assign(warmup=False)
     if warmup:
-        frame = pd.concat([frame, warmup_rows()], ignore_index=True)
+        frame = pd.concat([frame, warmup_rows().assign(warmup=True)], ignore_index=True)
     frame = frame[frame["rubric"].isin(rubrics)].reset_index(drop=True)
-    if inputs == "reader":
-        x = reader_features(judge.reader, frame)
-    else:
+    if inputs != "reader":
         x = _features_with_progress(
             judge.encoder, frame["question"].tolist(), frame["answer"].tolist()
         )
+    if inputs == "reader":
+        x = reader_features(judge.reader, frame)
+    elif inputs == "verdicts":
+        readings = reader_readings(judge.reader, frame)
+    y = frame["y"].to_numpy()
     heads = {k: v for k, v in judge.binary.items() if k not in rubrics}
     reports = {}
     for rubric in rubrics:
         rows = (frame["rubric"] == rubric).to_numpy()
         if not rows.any():
             raise EmevalError(f"no labelled answers for the {rubric} rubric")
-        heads[rubric], reports[rubric] = fit_binary(
-            x[rows], frame["y"].to_numpy()[rows], BEHAVIOUR_CUT, "above", None
-        )
+        if inputs == "verdicts":
+            part = parts[rubric]
+            part_logit = part.logits(x[rows])
+            # the bundled sentence heads were fitted on the warm-up sets: read out of fold there,
+            # they would look far more certain than they are on anything else
+            own = frame["warmup"].to_numpy()[rows]
+            if own.any():
+                oof = _out_of_fold(x[rows][own], y[rows][own], part.kind, part.columns)
+                part_logit[own] = part.platt_a * oof + part.platt_b
+            chosen = [readings[i] for i in np.flatnonzero(rows)]
+            rubric_x = offline.verdict_inputs(
+                [r.alignment for r in chosen], [r.coherence for r in chosen], part_logit
+            )
+        else:
+            rubric_x = x[rows]
+        heads[rubric], reports[rubric] = fit_binary(rubric_x, y[rows], BEHAVIOUR_CUT, "above", None)
         heads[rubric].inputs = inputs
+        heads[rubric].part = parts[rubric] if inputs == "verdicts" else None
         if reports[rubric]["oof_auroc"] <= 0.5:  # its Platt scaling would turn the head around
             raise EmevalError(
                 f"the {rubric} head ranks its own labels no better than chance out of fold "
@@ -503,17 +546,24 @@ def refit_behaviour_heads(
             (out / file).write_bytes((judge.head_dir / file).read_bytes())
     # the sentence-vector status head stays with sentence heads (refusal / code verdicts)
     status = judge.status if any(h.inputs == "sentences" for h in heads.values()) else None
-    dropped = ("heads", "behaviour_heads_from", "status_head", "head_sha256")
+    dropped = ("heads", "behaviour_heads_from", "status_head", "head_sha256", *REFIT_KEYS,
+               "earlier_behaviour_fits")  # fmt: skip
     manifest = {k: v for k, v in judge.manifest.items() if k not in dropped}
     data = [{"path": str(p), "sha256": sha256_file(Path(p))} for p in label_files]
     if warmup:
         data += [{"path": f"data/{f}"} for r in rubrics for f in sum(BEHAVIOUR_SETS[r], [])]
+    # a refit of some rubrics keeps the record of how the others were refitted before
+    earlier = judge.manifest.get("earlier_behaviour_fits", [])
+    if "behaviour_heads_refitted" in judge.manifest:
+        earlier = [*earlier, {k: judge.manifest[k] for k in REFIT_KEYS if k in judge.manifest}]
     manifest |= {
         "name": name or out.name,
         "behaviour_heads_refitted_from": judge.id,
         "behaviour_heads_refitted": rubrics,
+        "behaviour_inputs": inputs,
         "behaviour_training_data": data,
         "behaviour_fit_report": reports,
+        **({"earlier_behaviour_fits": earlier} if earlier else {}),
     }
     offline.save_head(out, heads, status, manifest)
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
