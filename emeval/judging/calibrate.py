@@ -519,8 +519,9 @@ def refit_behaviour_heads(
         if inputs == "verdicts":
             part = parts[rubric]
             part_logit = part.logits(x[rows])
-            # the bundled sentence heads were fitted on the warm-up sets: read out of fold there,
-            # they would look far more certain than they are on anything else
+            # v1's sentence heads were fitted on the warm-up sets alone: read in sample there,
+            # they would look far more certain than they are on anything else (a head refitted
+            # on labelled answers is still read in sample on those)
             own = frame["warmup"].to_numpy()[rows]
             if own.any():
                 oof = _out_of_fold(x[rows][own], y[rows][own], part.kind, part.columns)
