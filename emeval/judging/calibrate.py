@@ -458,7 +458,7 @@ def reader_features(reader, frame: pd.DataFrame) -> np.ndarray:
 
 def _sentence_head(judge, rubric: str):
     """The sentence-vector head a 'verdicts' head reads for `rubric`: the judge's own, the
-    part of its verdicts head, or else the one every reader judge started from."""
+    part of its verdicts head, or else v1's (BEHAVIOUR_HEADS_FROM)."""
     head = judge.binary.get(rubric)
     if head is not None and head.inputs == "verdicts":
         head = head.part

@@ -36,7 +36,7 @@ from emeval.resources import resource_path
 
 FEATURES_VERSION = "minilm-sentences-v1"  # change it whenever features() changes
 BUNDLED_HEAD = "offline_v5"
-BEHAVIOUR_HEADS_FROM = "offline_v1"  # the in-domain rubric heads every reader judge carries
+BEHAVIOUR_HEADS_FROM = "offline_v1"  # the behaviour heads `emeval judge fit` gives a new reader
 STATUSES = ("ok", "refusal", "code")  # the status head's classes, in order
 METHOD = "encoder"
 READER_METHOD = "reader"  # verdicts of the fine-tuned cross-encoder (emeval/judging/reader.py)
