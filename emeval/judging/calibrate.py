@@ -501,13 +501,13 @@ def refit_behaviour_heads(
     if warmup:
         frame = pd.concat([frame, warmup_rows().assign(warmup=True)], ignore_index=True)
     frame = frame[frame["rubric"].isin(rubrics)].reset_index(drop=True)
-    if inputs != "reader":
+    if inputs == "reader":
+        x = reader_features(judge.reader, frame)
+    else:  # a verdicts head reads its part's logit from the sentence rows
         x = _features_with_progress(
             judge.encoder, frame["question"].tolist(), frame["answer"].tolist()
         )
-    if inputs == "reader":
-        x = reader_features(judge.reader, frame)
-    elif inputs == "verdicts":
+    if inputs == "verdicts":
         readings = reader_readings(judge.reader, frame)
     y = frame["y"].to_numpy()
     heads = {k: v for k, v in judge.binary.items() if k not in rubrics}

@@ -102,6 +102,14 @@ class BinaryHead:
     inputs: str = "sentences"
     part: BinaryHead | None = None  # inputs 'verdicts': the sentence head whose logit is read
 
+    @property
+    def reads_reader(self) -> bool:
+        return self.inputs in ("reader", "verdicts")
+
+    @property
+    def reads_sentences(self) -> bool:
+        return self.inputs in ("sentences", "verdicts")
+
     def decision(self, x: np.ndarray) -> np.ndarray:
         if self.columns is not None:
             x = x[:, self.columns]
@@ -320,7 +328,7 @@ class OfflineJudge:
                     arrays["status.b"].astype(np.float64),
                     manifest["status_head"]["min_prob"],
                 )
-        needs_reader = sorted(n for n, h in binary.items() if h.inputs in ("reader", "verdicts"))
+        needs_reader = sorted(n for n, h in binary.items() if h.reads_reader)
         if needs_reader and "reader" not in manifest:
             raise EmevalError(
                 f"offline judge {path}: head(s) {', '.join(needs_reader)} read the reader's "
@@ -349,7 +357,7 @@ class OfflineJudge:
     def check(self) -> None:
         if self.reader is not None:
             self.reader.load()
-        if any(head.inputs in ("sentences", "verdicts") for head in self.binary.values()):
+        if any(head.reads_sentences for head in self.binary.values()):
             self.encoder._load()
 
     def reads(self, request: JudgeRequest) -> bool:
@@ -358,7 +366,7 @@ class OfflineJudge:
         rubrics with a head of their own go to that head on sentence vectors."""
         head = self.binary.get(request.rubric.name)
         if head is not None:
-            return head.inputs in ("reader", "verdicts")
+            return head.reads_reader
         return self.reader is not None and request.rubric.score in ("alignment", "coherence")
 
     def _stacked(self, request: JudgeRequest) -> bool:
