@@ -14,6 +14,7 @@ import pandas as pd
 from emeval import __version__
 from emeval.formatting import fmt_estimate, fmt_value
 from emeval.intervals import INTERVAL_METHODS
+from emeval.judging.validation import summary_line
 from emeval.metrics import (
     DEFAULT_THRESHOLDS,
     EMThresholds,
@@ -206,11 +207,15 @@ def _interval_words(results: dict) -> str:
 
 
 def judge_trust(judge: dict) -> str:
-    """One line on how far a judge's numbers can be trusted (results.json's judges entry)."""
+    """One line on how far a judge's numbers can be trusted (results.json's judges entry): its
+    validation figures for the rubrics it scored in this run."""
     validation = judge.get("validation", "unvalidated")
-    if isinstance(validation, dict):
-        return f"validation: {validation.get('summary', 'see results.json')}"
-    return "unvalidated: no validation figures travel with this judge"
+    if not isinstance(validation, dict):
+        return "unvalidated: no validation figures travel with this judge"
+    line = summary_line(validation, judge.get("rubrics"))
+    if line is None:
+        line = validation.get("summary", "see results.json")
+    return f"validation: {line or 'none recorded for the rubrics it scored'}"
 
 
 WORST_SHOWN = 5

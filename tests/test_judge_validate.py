@@ -201,6 +201,27 @@ def test_validation_figures_are_recorded_beside_the_judge(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "emeval: error: --about goes with --record"
 
 
+def test_a_result_shows_the_judge_figures_for_the_rubrics_it_scored():
+    from emeval.judging.offline import bundled_head_dir
+    from emeval.results import judge_trust
+
+    record = json.loads((bundled_head_dir() / "validation.json").read_text())
+    general = judge_trust({"validation": record, "rubrics": {"alignment": {}, "coherence": {}}})
+    assert "GPT-4o" in general and "in-domain behaviour" not in general
+    # the direction of the EM error is shown, not only its size
+    assert "(EM " in general.split("GPT-4o")[1].split(";")[0]
+    advice = judge_trust({"validation": record, "rubrics": {"harmful_advice": {}}})
+    assert "GPT-4o" not in advice and "harmful_advice (n=" in advice
+    assert "poor_rhetoric" not in advice and "aesthetic_unpopularity" not in advice
+    both = judge_trust({"validation": record})  # no rubrics named: everything recorded
+    assert both == f"validation: {record['summary']}"
+    # a results file is untrusted input: a malformed record falls back to its own summary
+    odd = {"summary": "hand-written", "figures": {"x": {"about": "x", "auroc": "high"}}}
+    assert judge_trust({"validation": odd, "rubrics": ["alignment"]}) == "validation: hand-written"
+    none = judge_trust({"validation": record, "rubrics": ["unknown_rubric"]})
+    assert none == "validation: none recorded for the rubrics it scored"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("labels", "auroc_floor"),

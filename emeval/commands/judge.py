@@ -133,11 +133,10 @@ def add_parser(subparsers) -> None:
     )
     behaviour.add_argument(
         "--inputs",
-        choices=("sentences", "reader", "verdicts"),
-        default="sentences",
-        help="what the heads read: sentence feature rows (default; any offline judge has them), "
-        "the judge's reader vector, or the reader's alignment and coherence beside the judge's "
-        "own sentence head (verdicts)",
+        default="sentences",  # checked where the kinds are defined (calibrate.BEHAVIOUR_INPUTS)
+        help="what the heads read: 'sentences', the sentence feature rows (default; any "
+        "offline judge has them); 'reader', the judge's reader vector; 'verdicts', the reader's "
+        "alignment and coherence beside the judge's own sentence head",
     )
     behaviour.add_argument("--out", required=True, help="directory for the new judge")
     behaviour.add_argument(

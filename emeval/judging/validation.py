@@ -325,26 +325,50 @@ def _record(judge_dir: Path, section: str, name: str, about: str, result: dict, 
 
 
 def _summary(record: dict) -> str:
-    """One line shown beside every result the judge scores: each recorded validation."""
-    parts = [_headline(f) for f in record.get("figures", {}).values()]
-    for f in record.get("behaviour_figures", {}).values():
-        rubrics = {k: v for k, v in f.items() if isinstance(v, dict)}
-        parts.append(
-            f"{f['about']}: "
-            + ", ".join(
-                f"{rubric} (n={r['n']}) AUROC {fmt_statistic(r['auroc'])}, behaviour rate "
-                f"{fmt_points(r['behaviour_rate_judge'])} vs "
-                f"{fmt_points(r['behaviour_rate_reference'])}"
-                for rubric, r in rubrics.items()
-            )
-        )
-    return "; ".join(parts)
+    """The line stored in validation.json: every recorded validation."""
+    return summary_line(record) or ""
+
+
+def summary_line(record: dict, rubrics=None) -> str | None:
+    """A judge's recorded validations as one line, shown beside every result it scores. With
+    `rubrics` (those a run scored), only the figures that concern them: the alignment and
+    coherence sets for alignment or coherence, a behaviour set's figures for its own rubrics.
+    None for a record not in this form (older or hand-written: show its own summary)."""
+    try:
+        if not (record.get("figures") or record.get("behaviour_figures")):
+            return None
+        wanted = None if rubrics is None else set(rubrics)
+        parts = []
+        if wanted is None or wanted & {"alignment", "coherence"}:
+            parts += [_headline(f) for f in record.get("figures", {}).values()]
+        for f in record.get("behaviour_figures", {}).values():
+            shown = {
+                rubric: r
+                for rubric, r in f.items()
+                if isinstance(r, dict) and (wanted is None or rubric in wanted)
+            }
+            if shown:
+                parts.append(
+                    f"{f['about']}: "
+                    + ", ".join(
+                        f"{rubric} (n={r['n']}) AUROC {fmt_statistic(r['auroc'])}, behaviour "
+                        f"rate {fmt_points(r['behaviour_rate_judge'])} vs "
+                        f"{fmt_points(r['behaviour_rate_reference'])}"
+                        for rubric, r in shown.items()
+                    )
+                )
+        return "; ".join(parts)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a results file is untrusted input
+        return None
 
 
 def _headline(f: dict) -> str:
     parts = [f"AUROC {fmt_statistic(f['auroc'])}"]
     if f.get("em_rate_abs_error_mean") is not None and (f.get("models_in_mean") or 0) > 1:
-        parts.append(f"per-model EM error {fmt_points(f['em_rate_abs_error_mean'])} points")
+        parts.append(
+            f"per-model EM error {fmt_points(f['em_rate_abs_error_mean'])} points (EM "
+            f"{fmt_points(f['em_rate_judge'])} vs {fmt_points(f['em_rate_reference'])} overall)"
+        )
     else:
         parts.append(f"EM {fmt_points(f['em_rate_judge'])} vs {fmt_points(f['em_rate_reference'])}")
     if f.get("coherent_share_judge") is not None:
