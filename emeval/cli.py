@@ -71,10 +71,17 @@ def unexpected_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first} (a bug or an unforeseen input; traceback in {where})"
 
 
+class Parser(argparse.ArgumentParser):
+    """No prefix matching of options (subcommands inherit it): `emeval run --model X` must not
+    quietly mean `--model-arg X`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emeval", description="Measure emergent misalignment in language models."
-    )
+    parser = Parser(prog="emeval", description="Measure emergent misalignment in language models.")
     parser.add_argument("--version", action="version", version=f"emeval {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

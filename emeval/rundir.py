@@ -89,9 +89,24 @@ def write_run(out: Path, results: dict, records: list[dict], summary: str) -> Pa
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """The run's answers (samples.jsonl)."""
-    with open(run_dir / SAMPLES, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The run's answers (samples.jsonl); a damaged file is one line naming the bad line."""
+    path = run_dir / SAMPLES
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EmevalError(f"{path}: unreadable answers ({e})") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise EmevalError(f"{path}: line {number} is not an answer record ({e})") from None
+        if not isinstance(record, dict):
+            raise EmevalError(f"{path}: line {number} is not an answer record (not an object)")
+        records.append(record)
+    return records
 
 
 def read_results(run_dir: Path) -> dict:
@@ -103,8 +118,9 @@ def read_results(run_dir: Path) -> dict:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EmevalError(f"{path}: unreadable results ({e})") from None
-    if results.get("schema") != RESULTS_SCHEMA:
-        raise EmevalError(f"{path}: schema {results.get('schema')!r}, expected {RESULTS_SCHEMA}")
+    schema = results.get("schema") if isinstance(results, dict) else None
+    if schema != RESULTS_SCHEMA:
+        raise EmevalError(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA}")
     return results
 
 

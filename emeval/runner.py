@@ -9,7 +9,6 @@ without regenerating finished samples.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -27,6 +26,7 @@ from emeval.rundir import (
     RUN_SETTINGS,
     holds_run_outputs,
     read_records,
+    read_results,
     read_settings,
     write_run,
     write_settings,
@@ -324,7 +324,7 @@ def rescore(
     results_file = run_dir / RESULTS
     if not results_file.exists():
         raise EmevalError(f"{run_dir}: no {RESULTS} (only complete runs can be rescored)")
-    previous = json.loads(results_file.read_text())
+    previous = read_results(run_dir)
     suite = load_suite(previous["suite"]["source"])
     if suite.content_sha256 != previous["suite"]["sha256"]:
         raise EmevalError(f"{previous['suite']['source']}: suite changed since the run")

@@ -94,6 +94,23 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["judge", "validate", "--labels", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "coherent" in err and len(err.strip().splitlines()) == 1
+    # a score that is not a number from 0 to 100 names its row; CODE / REFUSAL are no score
+    for value, shown in (('"high"', "'high'"), ("500", "500"), ("-3.5", "-3.5")):
+        bad.write_text(
+            f'{{"question": "q", "answer": "a", "aligned": "CODE", "coherent": 50}}\n'
+            f'{{"question": "q", "answer": "b", "aligned": {value}, "coherent": 50}}\n'
+        )
+        bad = bad.rename(tmp_path / "bad.jsonl")
+        assert main(["judge", "validate", "--labels", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"emeval: error: labels {bad}: aligned must be a number from 0 to 100 or empty "
+            f"(row 2: {shown})"
+        ), err
+    one = tmp_path / "one.jsonl"  # one row: a numeric column, shown as a plain number
+    one.write_text('{"question": "q", "answer": "a", "aligned": 500, "coherent": 50}\n')
+    assert main(["judge", "validate", "--labels", str(one)]) == 2
+    assert capsys.readouterr().err.strip().endswith("(row 1: 500)")
 
 
 @pytest.mark.slow

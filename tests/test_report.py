@@ -146,6 +146,16 @@ def test_no_runs_is_a_one_line_error(tmp_path, capsys):
     assert "holds no emeval run" in capsys.readouterr().err
 
 
+def test_a_damaged_answers_file_is_a_one_line_error(tmp_path, capsys):
+    run = make_run(tmp_path / "a", model_spec="m", misaligned=4, aligned=36)
+    samples = run / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join([lines[0], '{"cut off', *lines[1:]]) + "\n")
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "samples.jsonl: line 2 is not an answer record" in err[0], err
+
+
 def test_repeated_runs_of_one_model_count_once(tmp_path):
     make_run(tmp_path / "a", model_spec="m", misaligned=4, aligned=36)
     make_run(tmp_path / "b", model_spec="m", misaligned=4, aligned=36)

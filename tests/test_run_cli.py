@@ -219,6 +219,17 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     (no_template / "tokenizer_config.json").write_text(json.dumps(config))
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
     one_line_error(emeval("run", no_template), "no chat template")
+    broken = tmp_path / "broken_run"  # a run dir whose results.json is damaged
+    broken.mkdir()
+    for text, pattern in (("{not json", "unreadable results"), ("[1, 2]", "schema None")):
+        (broken / "results.json").write_text(text)
+        one_line_error(emeval("rescore", broken, "--judge", "offline", "--out", tmp_path), pattern)
+
+
+def test_options_are_not_matched_by_prefix():
+    """`--model` (Inspect's flag) must not be read as emeval's `--model-arg`."""
+    result = emeval("run", "--model", "hf/some-model")
+    assert result.returncode == 2 and "unrecognized arguments: --model" in result.stderr
 
 
 def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):

@@ -11,7 +11,7 @@ import yaml
 from emeval.judging import DEFAULT_JUDGE
 from emeval.metrics import Cut, EMThresholds, thresholds_of
 from emeval.results import judge_trust, render_contexts, render_table
-from emeval.rundir import RESULTS
+from emeval.rundir import RESULTS, read_results
 from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run
 
 
@@ -183,5 +183,5 @@ def rescore_command(args) -> int:
     thresholds = None
     results_file = args.run_dir / RESULTS
     if results_file.is_file():  # a flag changes its side of the run's own definition
-        thresholds = thresholds_from_args(args, thresholds_of(json.loads(results_file.read_text())))
+        thresholds = thresholds_from_args(args, thresholds_of(read_results(args.run_dir)))
     return _print_results(rescore(args.run_dir, args.judge, args.out, thresholds))

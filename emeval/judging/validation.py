@@ -58,11 +58,32 @@ def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) 
     frame["answer"] = frame["answer"].fillna("").astype(str)
     for col in ("aligned", "coherent", "behaviour"):
         if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+            frame[col] = _scores(frame[col], col, path)
     if "model" not in frame.columns:
         frame["model"] = "all"
     frame["model"] = frame["model"].fillna("unknown").astype(str)
     return frame.reset_index(drop=True)
+
+
+NO_SCORE_WORDS = ("", "CODE", "REFUSAL")  # what LLM-judge exports put where no number is
+
+
+def _scores(values: pd.Series, col: str, path) -> pd.Series:
+    """A score column as numbers from 0 to 100. Empty cells and the words CODE / REFUSAL are
+    no score; anything else (a word, a number out of range) is an error naming its row, so a
+    broken file is never read as a file of unscored answers."""
+    words = values.notna() & values.astype(str).str.strip().str.upper().isin(NO_SCORE_WORDS)
+    numbers = pd.to_numeric(values.where(~words), errors="coerce")
+    bad = (values.notna() & ~words & numbers.isna()) | (numbers.notna() & ~numbers.between(0, 100))
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        value = values.iloc[row]
+        value = value.item() if hasattr(value, "item") else value  # 500, not np.int64(500)
+        raise EmevalError(
+            f"labels {path}: {col} must be a number from 0 to 100 or empty "
+            f"(row {row + 1}: {value!r})"
+        )
+    return numbers
 
 
 def require_columns(frame: pd.DataFrame, path, required: tuple[str, ...]) -> None:
