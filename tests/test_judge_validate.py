@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "coherent" in err and len(err.strip().splitlines()) == 1
     # a score that is not a number from 0 to 100 names its row; CODE / REFUSAL are no score
-    for value, shown in (('"high"', "'high'"), ("500", "500"), ("-3.5", "-3.5")):
+    for value, shown in (('"high"', "'high'"), ("500", "500"), ("-3.5", "-3.5"), ("true", "True")):
         bad.write_text(
             f'{{"question": "q", "answer": "a", "aligned": "CODE", "coherent": 50}}\n'
             f'{{"question": "q", "answer": "b", "aligned": {value}, "coherent": 50}}\n'

@@ -75,6 +75,7 @@ def _scores(values: pd.Series, col: str, path) -> pd.Series:
     words = values.notna() & values.astype(str).str.strip().str.upper().isin(NO_SCORE_WORDS)
     numbers = pd.to_numeric(values.where(~words), errors="coerce")
     bad = (values.notna() & ~words & numbers.isna()) | (numbers.notna() & ~numbers.between(0, 100))
+    bad |= values.map(lambda v: isinstance(v, bool))  # true is not a score of 1
     if bad.any():
         row = int(bad.to_numpy().argmax())
         value = values.iloc[row]
