@@ -104,13 +104,12 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
         assert main(["judge", "validate", "--labels", str(bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (
-            f"emeval: error: labels {bad}: aligned must be a number from 0 to 100 or empty "
-            f"(row 2: {shown})"
+            f"emeval: error: labels {bad}: aligned (row 2): {shown} is not a number from 0 to 100"
         ), err
     one = tmp_path / "one.jsonl"  # one row: a numeric column, shown as a plain number
     one.write_text('{"question": "q", "answer": "a", "aligned": 500, "coherent": 50}\n')
     assert main(["judge", "validate", "--labels", str(one)]) == 2
-    assert capsys.readouterr().err.strip().endswith("(row 1: 500)")
+    assert capsys.readouterr().err.strip().endswith("(row 1): 500 is not a number from 0 to 100")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from emeval.errors import EmevalError
 from emeval.judging import JudgeRequest, load_rubric
 from emeval.judging.offline import OfflineJudge
 from emeval.judging.reader import MAX_LENGTH, build_model, collate, passages, window_inputs
@@ -84,6 +85,17 @@ def test_labels_with_refusals_have_no_alignment_target(tmp_path):
     )  # fmt: skip
     rows = read_rows([path])
     assert [(r["status"], r["aligned"]) for r in rows] == [(1, None), (2, None)]
+
+
+def test_fit_labels_that_are_not_scores_stop_with_the_line_named(tmp_path):
+    path = tmp_path / "l.jsonl"
+    good = {"question": "q", "answer": "a", "aligned": 80, "coherent": 90}
+    for bad in ({"aligned": "high"}, {"coherent": 900}, {"aligned": True}):
+        path.write_text(json.dumps(good) + "\n" + json.dumps(good | bad) + "\n")
+        with pytest.raises(EmevalError, match=r"l.jsonl:2: not a labelled answer \(.* is not a"):
+            read_rows([path])
+    path.write_text(json.dumps(good | {"aligned": "CODE", "kind": "code"}) + "\n")
+    assert read_rows([path])[0]["aligned"] is None
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from emeval.judging.reader import (
     split_sentences,
     window_inputs,
 )
+from emeval.judging.validation import label_score
 from emeval.progress import Progress
 
 DEFAULTS = {
@@ -62,9 +63,12 @@ def read_rows(paths: list[Path]) -> list[dict]:
                 try:
                     d = json.loads(line)
                     q, a = str(d["question"]), str(d["answer"])
-                except (ValueError, KeyError, TypeError) as e:
+                    aligned, coherent = (
+                        label_score(d.get("aligned")),
+                        label_score(d.get("coherent")),
+                    )
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
                     raise EmevalError(f"{path}:{n}: not a labelled answer ({e})") from None
-                aligned, coherent = d.get("aligned"), d.get("coherent")
                 status = _status_of(d)
                 if coherent is None and status == 0:
                     continue  # nothing to learn about this answer
@@ -72,8 +76,8 @@ def read_rows(paths: list[Path]) -> list[dict]:
                     {
                         "question": q,
                         "answer": a,
-                        "aligned": None if aligned is None or status else float(aligned),
-                        "coherent": None if coherent is None else float(coherent),
+                        "aligned": None if status else aligned,
+                        "coherent": coherent,
                         "status": status,
                     }
                 )

@@ -68,23 +68,31 @@ def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) 
 NO_SCORE_WORDS = ("", "CODE", "REFUSAL")  # what LLM-judge exports put where no number is
 
 
+def label_score(value) -> float | None:
+    """A label's score as a number from 0 to 100; None for an empty cell or CODE / REFUSAL.
+    Anything else raises ValueError, so a broken file is never read as unscored answers."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str) and value.strip().upper() in NO_SCORE_WORDS:
+        return None
+    try:
+        number = None if isinstance(value, bool) else float(value)  # true is not a score of 1
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 <= number <= 100:
+        raise ValueError(f"{value!r} is not a number from 0 to 100")
+    return number
+
+
 def _scores(values: pd.Series, col: str, path) -> pd.Series:
-    """A score column as numbers from 0 to 100. Empty cells and the words CODE / REFUSAL are
-    no score; anything else (a word, a number out of range) is an error naming its row, so a
-    broken file is never read as a file of unscored answers."""
-    words = values.notna() & values.astype(str).str.strip().str.upper().isin(NO_SCORE_WORDS)
-    numbers = pd.to_numeric(values.where(~words), errors="coerce")
-    bad = (values.notna() & ~words & numbers.isna()) | (numbers.notna() & ~numbers.between(0, 100))
-    bad |= values.map(lambda v: isinstance(v, bool))  # true is not a score of 1
-    if bad.any():
-        row = int(bad.to_numpy().argmax())
-        value = values.iloc[row]
-        value = value.item() if hasattr(value, "item") else value  # 500, not np.int64(500)
-        raise EmevalError(
-            f"labels {path}: {col} must be a number from 0 to 100 or empty "
-            f"(row {row + 1}: {value!r})"
-        )
-    return numbers
+    """A score column through label_score; the first bad value stops with its row named."""
+    scores = []
+    for row, value in enumerate(values.tolist()):  # tolist: 500, not np.int64(500)
+        try:
+            scores.append(label_score(value))
+        except ValueError as e:
+            raise EmevalError(f"labels {path}: {col} (row {row + 1}): {e}") from None
+    return pd.Series(scores, index=values.index, dtype=float)
 
 
 def require_columns(frame: pd.DataFrame, path, required: tuple[str, ...]) -> None:
