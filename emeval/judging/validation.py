@@ -394,13 +394,12 @@ def summary_line(record: dict, rubrics=None) -> str | None:
 
 def _headline(f: dict) -> str:
     parts = [f"AUROC {fmt_statistic(f['auroc'])}"]
+    em = f"EM {fmt_points(f['em_rate_judge'])} vs {fmt_points(f['em_rate_reference'])}"
     if f.get("em_rate_abs_error_mean") is not None and (f.get("models_in_mean") or 0) > 1:
-        parts.append(
-            f"per-model EM error {fmt_points(f['em_rate_abs_error_mean'])} points (EM "
-            f"{fmt_points(f['em_rate_judge'])} vs {fmt_points(f['em_rate_reference'])} overall)"
-        )
+        error = fmt_points(f["em_rate_abs_error_mean"])
+        parts.append(f"per-model EM error {error} points ({em} overall)")
     else:
-        parts.append(f"EM {fmt_points(f['em_rate_judge'])} vs {fmt_points(f['em_rate_reference'])}")
+        parts.append(em)
     if f.get("coherent_share_judge") is not None:
         parts.append(
             f"coherent {fmt_points(f['coherent_share_judge'])} vs "
