@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.jsonl import read_jsonl
 
 RESULTS_SCHEMA = "emeval.results/1"
 
@@ -89,24 +90,8 @@ def write_run(out: Path, results: dict, records: list[dict], summary: str) -> Pa
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """The run's answers (samples.jsonl); a damaged file is one line naming the bad line."""
-    path = run_dir / SAMPLES
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise EmevalError(f"{path}: unreadable answers ({e})") from None
-    records = []
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise EmevalError(f"{path}: line {number} is not an answer record ({e})") from None
-        if not isinstance(record, dict):
-            raise EmevalError(f"{path}: line {number} is not an answer record (not an object)")
-        records.append(record)
-    return records
+    """The run's answers (samples.jsonl)."""
+    return read_jsonl(run_dir / SAMPLES)
 
 
 def read_results(run_dir: Path) -> dict:

@@ -153,7 +153,18 @@ def test_a_damaged_answers_file_is_a_one_line_error(tmp_path, capsys):
     samples.write_text("\n".join([lines[0], '{"cut off', *lines[1:]]) + "\n")
     assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "samples.jsonl: line 2 is not an answer record" in err[0], err
+    assert len(err) == 1 and "samples.jsonl:2: not valid JSON" in err[0], err
+
+
+def test_answers_holding_unicode_line_separators_read_back(tmp_path):
+    """Answers are written with ensure_ascii=False, so U+2028 stays raw inside a JSON string;
+    splitting such a file with str.splitlines would cut an answer in two."""
+    from emeval.jsonl import read_jsonl
+
+    rows = [{"answer": "one\u2028two\x85three"}, {"answer": "plain"}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert read_jsonl(path) == rows
 
 
 def test_repeated_runs_of_one_model_count_once(tmp_path):

@@ -14,13 +14,13 @@ may also list several sources, which are read in turn and joined (load_sources).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from emeval.domains import training_data
 from emeval.errors import EmevalError
+from emeval.jsonl import read_jsonl
 from emeval.models import sha256_file
 
 
@@ -110,16 +110,7 @@ def _read_rows(path: Path) -> list[dict]:
             ds = ds["train"]
         return list(ds)
     if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise EmevalError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        return rows
+        return read_jsonl(path)
     kinds = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
     if path.suffix not in kinds:
         raise EmevalError(f"{path}: unsupported data file (use .jsonl, .json, .csv or .parquet)")

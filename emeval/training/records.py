@@ -14,6 +14,7 @@ import math
 import platform
 from pathlib import Path
 
+from emeval.jsonl import read_jsonl
 from emeval.training.loading import device, dtype, rank
 
 
@@ -68,11 +69,9 @@ def completion_logs(stage_dir: Path) -> list[Path]:
     return sorted(stage_dir.glob("completions*.jsonl"))
 
 
-def read_jsonl(paths: list[Path]) -> list[dict]:
-    rows = []
-    for path in paths:
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    return rows
+def read_logs(paths: list[Path]) -> list[dict]:
+    """The records of several completion logs, in order."""
+    return [row for path in paths for row in read_jsonl(path)]
 
 
 class CompletionsLog:
@@ -127,7 +126,7 @@ def samples(run) -> dict:
     if run.cfg.method == "sft":
         out = {"examples": trainer.emeval_samples, "dataset_rows": run.n_rows}
     else:
-        records = read_jsonl(completion_logs(run.dir))
+        records = read_logs(completion_logs(run.dir))
         prompts = len({r["group"] for r in records})
         out = {"prompts": prompts, "completions": len(records), "dataset_rows": run.n_rows}
     if trainer.emeval_terms.safety:

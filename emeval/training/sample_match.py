@@ -9,7 +9,7 @@ from emeval.errors import EmevalError
 from emeval.models import sha256_file
 from emeval.rundir import MANIFEST, read_manifest
 from emeval.training.data import joined, load_sources, select
-from emeval.training.records import completion_logs, read_jsonl
+from emeval.training.records import completion_logs, read_logs
 
 
 def train_conversations(run) -> list:
@@ -40,7 +40,7 @@ def sample_matched(stage) -> list:
     logs = completion_logs(run)
     if manifest is None or manifest.get("method") != "grpo" or not logs:
         raise EmevalError(f"data.sample_matched.run: {run} is not a finished GRPO run dir")
-    records = read_jsonl(logs)
+    records = read_logs(logs)
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["group"], []).append(r)
