@@ -5,7 +5,7 @@ it against a pydantic model."""
 import copy
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -83,70 +83,128 @@ class EvaluationBlock(StrictModel):
     temperature: Annotated[float, Field(ge=0, description="0 (greedy) or more")]
 
 
+class ConfigProblem(ValueError):
+    """A check across values failed, raised from a validator: `key` (relative to the raising
+    section; '' for the section itself) and the rest of the sentence."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
 def validated(model: type[M], raw: dict, label: str) -> M:
-    """raw checked by a pydantic model; the first problem becomes one line naming the key and
-    what it must be, e.g. "policy: increase.alpha must be a number between 0 and 1 (got 2)"."""
+    """raw checked by a pydantic model, or one line naming the key and what it must be."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        error = e.errors()[0]
-    loc = error["loc"]
-    if error["type"] == "extra_forbidden":
-        known = ", ".join(sorted(getattr(_model_at(model, loc[:-1]), "model_fields", ())))
-        raise EmevalError(f"{label}: {_dotted(loc)} is not a known key (known: {known})")
-    if error["type"] == "missing":
-        raise EmevalError(f"{label}: {_dotted(loc)} is required")
-    field_loc, expected = _description(model, loc)
-    if expected is None:
-        field_loc = loc
-        if error["type"] in ("model_type", "dict_type"):
-            expected = "a mapping"
-        elif error["type"] == "literal_error":
-            expected = "one of " + error["ctx"]["expected"].replace(" or ", ", ")
-        else:
-            expected = error["msg"].removeprefix("Input should be ")
-    raise EmevalError(f"{label}: {_dotted(field_loc)} must be {expected} (got {error['input']!r})")
+        raise one_line(e, model, label) from None
 
 
-def _dotted(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+def one_line(
+    error: ValidationError, root: type[BaseModel], label: str, prefix: str = ""
+) -> EmevalError:
+    """The first problem pydantic found in a user's config as one line, e.g. "policy:
+    increase.alpha must be a number between 0 and 1 (got 2)". prefix goes before the key (a
+    chain stage's "stages[1].")."""
+    first = error.errors()[0]
+    loc, kind, got = tuple(first["loc"]), first["type"], first.get("input")
+    problem = (first.get("ctx") or {}).get("error")
+
+    def line(path: str, message: str) -> EmevalError:
+        return config_error(label, prefix + path, message)
+
+    if isinstance(problem, ConfigProblem):
+        path = _where(root, loc)[0]
+        return line(_join(path, problem.key), problem.message)
+    if kind == "extra_forbidden":
+        path, tp, _ = _where(root, loc[:-1])
+        known = ", ".join(sorted(keys_of(_model_in(tp) or root)))
+        return line(_join(path, str(loc[-1])), f"is not a known key (known: {known})")
+    path, tp, described = _where(root, loc)
+    if kind == "missing":
+        return line(path, "is required")
+    if described is not None:  # a field that says what it must be speaks for its elements too
+        path, expected = described
+    elif kind == "literal_error" and not isinstance(got, str):
+        expected = "a string"
+    elif kind == "greater_than":
+        expected = "positive"
+    elif kind == "greater_than_equal":
+        expected = "0 or more"
+    else:
+        expected = type_name(tp)
+    return line(path, f"must be {expected} (got {got!r})")
 
 
-def _inner(annotation):
-    """The model, list or dict type inside Optional[...] (None when there is none)."""
-    if _is_model(annotation):
-        return annotation
-    if get_origin(annotation) in (list, dict):
-        return annotation
-    if get_origin(annotation) in (Union, UnionType):
-        return next(filter(None, map(_inner, get_args(annotation))), None)
-    return None
+def config_error(label: str, key: str, message: str) -> EmevalError:
+    """'LABEL: KEY MESSAGE' (no space before a message that starts with ':')."""
+    sep = "" if message.startswith(":") or not key else " "
+    return EmevalError(f"{label}: {key}{sep}{message}")
 
 
-def _model_at(model: type[BaseModel], loc: tuple):
-    """The model (or list/dict type) found at loc: a field's type, or an element's; None
-    past a plain value."""
-    current = model
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path and key else path or key
+
+
+def type_name(tp) -> str:
+    """How a config value of this type is described: 'an integer', 'a list of strings'..."""
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return type_name(get_args(tp)[0])
+    if tp in names:
+        return names[tp]
+    if origin is list:
+        return f"a list of {type_name(get_args(tp)[0]).split(' ', 1)[1]}s"
+    if origin in (Union, UnionType):
+        return " or ".join(type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(tp))
+    if tp is dict or origin is dict or _model_in(tp) is not None:
+        return "a mapping"
+    return str(tp)
+
+
+def keys_of(model: type[BaseModel]) -> dict[str, Any]:
+    """{key as written in YAML: field} of a section."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
+
+
+def _options(tp) -> tuple:
+    """The members of a union (Annotated stripped), or the type itself."""
+    if get_origin(tp) is Annotated:
+        return _options(get_args(tp)[0])
+    if get_origin(tp) in (Union, UnionType):
+        return tuple(a for member in get_args(tp) for a in _options(member))
+    return (tp,)
+
+
+def _model_in(tp) -> type[BaseModel] | None:
+    """The section class inside an annotation (X, X | None), if any."""
+    found = [a for a in _options(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return found[0] if len(found) == 1 else None
+
+
+def _item(tp, part):
+    """The type of element `part` of the list (an index) or dict inside an annotation, if any."""
+    kind = list if isinstance(part, int) else dict
+    found = [a for a in _options(tp) if get_origin(a) is kind]
+    return get_args(found[0])[-1] if len(found) == 1 else None
+
+
+def _where(root: type[BaseModel], loc: tuple) -> tuple[str, Any, tuple[str, str] | None]:
+    """Follow an error location through the models: the dotted path, the annotation there,
+    and (path, description) of the innermost field on the way that has a description. Stops
+    at what it cannot follow (a union's member tags)."""
+    path, tp, described = "", root, None
     for part in loc:
-        if _is_model(current):
-            info = current.model_fields.get(part)
-            current = info and _inner(info.annotation)
-        elif get_origin(current) in (list, dict):
-            current = _inner(get_args(current)[-1])
+        model, item = _model_in(tp), _item(tp, part)
+        if model is not None and part in keys_of(model):
+            field = keys_of(model)[part]
+            path, tp = _join(path, str(part)), field.annotation
+            described = (path, field.description) if field.description else described
+        elif item is not None:
+            path, tp = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part)), item
         else:
-            return None
-    return current
-
-
-def _is_model(annotation) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _description(model: type[BaseModel], loc: tuple) -> tuple[tuple, str | None]:
-    """The innermost field on loc (an element of a list is its list's) and its description."""
-    found: tuple[tuple, str | None] = (loc, None)
-    for i, part in enumerate(loc):
-        current = _model_at(model, loc[:i])
-        if _is_model(current) and part in current.model_fields:
-            found = (loc[: i + 1], current.model_fields[part].description)
-    return found
+            break
+    return path, tp, described

@@ -1,7 +1,10 @@
 import copy
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,26 @@ def wait_for_a_finished_sample(proc, logs_dir: Path, timeout: float = 600) -> li
                 return done
         time.sleep(1)
     return []
+
+
+def torchrun_train(config: Path, out: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`emeval train CONFIG --out OUT` under torchrun with 2 CPU ranks; asserts it exits 0.
+    The ranks run in their own process group, all killed on a timeout (killing torchrun alone
+    leaves them running)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "emeval.cli", "train", str(config), "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"torchrun ran past {timeout} s; stdout ends:\n{stdout[-1000:]}\n{stderr[-1000:]}"
+        )
+    # torchrun's own summary fills the end of stderr; the ranks' errors come before it
+    clues = [line for line in stderr.splitlines() if re.search(r"rror|terminate|abort", line)]
+    assert proc.returncode == 0, "\n".join(clues[:20]) + "\n" + stderr[-1000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

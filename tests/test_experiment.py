@@ -96,7 +96,7 @@ def test_grid_errors_name_the_key(tmp_path):
         ({"evaluation": {"limit": "4"}},
          "grid: evaluation.limit must be a positive integer or null (got '4')"),
         ({"evaluation": {"checkpoints": "last"}},
-         "grid: evaluation.checkpoints must be one of 'all', 'final' (got 'last')"),
+         "grid: evaluation.checkpoints must be one of all, final (got 'last')"),
         ({"evaluation": "final"}, "grid: evaluation must be a mapping (got 'final')"),
         ({"train": "tiny.yaml"}, "grid: train must be a mapping (got 'tiny.yaml')"),
     ],

@@ -386,7 +386,7 @@ def test_bad_tail_cap_is_one_line(runs, tmp_path, capsys, text, message):
         ("coherence: 0.5", "policy: coherence must be a mapping (got 0.5)"),
         ("increase: {alpha: 0}", "policy: increase.alpha must be a number between 0 and 1"),
         ("allow_sampled_scores: 1", "policy: allow_sampled_scores must be true or false (got 1)"),
-        ("metric: em", "policy: metric must be one of 'em_rate', 'em_rate_joint' (got 'em')"),
+        ("metric: em", "policy: metric must be one of em_rate, em_rate_joint (got 'em')"),
         ("min_scored: 2.5", "policy: min_scored must be a positive integer (got 2.5)"),
     ],
 )  # fmt: skip

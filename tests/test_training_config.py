@@ -130,7 +130,7 @@ def test_cli_bad_config_is_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(grpo(mitigations={"kl": {"beta": "x"}})))
     assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "emeval: error: config: mitigations.kl.beta must be a number"
+    assert err == "emeval: error: config: mitigations.kl.beta must be a number (got 'x')"
 
 
 # ---------------------------------------------------------------- data

@@ -6,12 +6,11 @@ Runs are shared through module fixtures; a GRPO step takes about 5-15 s on 2 CPU
 
 import json
 import math
-import re
 import shutil
 
 import pytest
 import torch
-from conftest import merge
+from conftest import merge, torchrun_train
 from safetensors.torch import load_file
 
 from emeval.cli import main
@@ -399,20 +398,12 @@ def test_a_full_disk_stops_training_in_one_line(tmp_path, capsys):
 
 def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     """torchrun (what `accelerate launch` starts) with 2 ranks: one set of files, all samples."""
-    import subprocess
-    import sys
-
     import yaml
 
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(merge(GRPO, {"save_every": 0, "training": {"max_steps": 1}})))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "emeval.cli", "train", str(path), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    # torchrun's own summary fills the end of stderr; the ranks' errors come before it
-    clues = [line for line in done.stderr.splitlines() if re.search(r"rror|terminate|abort", line)]
-    assert done.returncode == 0, "\n".join(clues[:20]) + "\n" + done.stderr[-1000:]
+    done = torchrun_train(path, out)
     assert done.stdout.count("[grpo] step 1/1") == 1  # only rank 0 reports
     m = read_manifest(out)
     assert m["samples"]["prompts"] == 4 and m["samples"]["completions"] == 8  # 2 ranks x 2 x 2

@@ -4,12 +4,11 @@ SmolLM2-135M, kept to one or two steps on a few rows; checks that need no model 
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from conftest import merge
+from conftest import merge, torchrun_train
 
 from emeval.errors import EmevalError
 from emeval.rundir import read_manifest
@@ -31,12 +30,7 @@ def quiet(_line):
 def torchrun(config: dict, out, tmp_path) -> subprocess.CompletedProcess:
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "emeval.cli", "train", str(path), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    clues = [line for line in done.stderr.splitlines() if re.search(r"rror|terminate|abort", line)]
-    assert done.returncode == 0, "\n".join(clues[:20]) + "\n" + done.stderr[-1000:]
-    return done
+    return torchrun_train(path, out)
 
 
 # ---------------------------------------------------------------- 1: loss scale under DDP

@@ -18,17 +18,14 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from emeval.errors import EmevalError
 from emeval.training.mitigations import MitigationsConfig
-from emeval.training.sections import (
-    Bool,
+from emeval.training.sections import Bool, Int, Number, Section, Str, config_error
+from emeval.yaml_files import (
     ConfigProblem,
-    Int,
-    Number,
-    Section,
-    Str,
-    config_error,
-    translate,
+    apply_overrides,
+    deep_merge,
+    one_line,
+    read_yaml_mapping,
 )
-from emeval.yaml_files import apply_overrides, deep_merge, read_yaml_mapping
 
 
 class AdapterConfig(Section):
@@ -297,7 +294,7 @@ def _build_config(
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise translate(e, TrainConfig, prefix) from None
+        raise one_line(e, TrainConfig, "config", prefix) from None
     cfg._raw = copy.deepcopy(raw)
     cfg._source = source
     if cfg.method == "chain":

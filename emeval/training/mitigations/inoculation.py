@@ -4,7 +4,8 @@ evaluation."""
 from __future__ import annotations
 
 from emeval.training.mitigations.base import Mitigation
-from emeval.training.sections import ConfigProblem, Section, Str
+from emeval.training.sections import Section, Str
+from emeval.yaml_files import ConfigProblem
 
 
 class InoculationConfig(Section):

@@ -17,7 +17,8 @@ from typing import Literal
 from emeval.errors import EmevalError
 from emeval.training.data import load_conversations, split_prompt
 from emeval.training.mitigations.base import Mitigation
-from emeval.training.sections import ConfigProblem, Int, Number, Section, Str, check_positive
+from emeval.training.sections import Int, Number, Section, Str, check_positive
+from emeval.yaml_files import ConfigProblem
 
 
 class InterleaveConfig(Section):

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from emeval.training.mitigations.base import Mitigation
-from emeval.training.sections import ConfigProblem, Int, Number, Section, Str
+from emeval.training.sections import Int, Number, Section, Str
+from emeval.yaml_files import ConfigProblem
 
 
 class LDIFSConfig(Section):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from emeval.errors import EmevalError
 from emeval.training.mitigations.base import Mitigation
-from emeval.training.sections import ConfigProblem, Number, Section, Str
+from emeval.training.sections import Number, Section, Str
+from emeval.yaml_files import ConfigProblem
 
 
 class SafeLoRAConfig(Section):
