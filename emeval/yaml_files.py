@@ -130,7 +130,7 @@ def one_line(
     elif kind == "greater_than":
         expected = "positive"
     elif kind == "greater_than_equal":
-        expected = "0 or more"
+        return line(path, f"must not be negative (got {got!r})")
     else:
         expected = type_name(tp)
     return line(path, f"must be {expected} (got {got!r})")
