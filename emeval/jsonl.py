@@ -1,8 +1,11 @@
-"""JSON Lines files (answers, training data, completion logs): one JSON object per line."""
+"""JSON Lines files (answers, training data, completion logs, labels): one JSON object per
+line, optionally gzip-compressed (a name ending in .gz)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from emeval.errors import EmevalError
@@ -11,11 +14,17 @@ from emeval.errors import EmevalError
 def read_jsonl(path: Path) -> list[dict]:
     """Every object in a JSON Lines file, blank lines skipped; a damaged line is one error
     naming the file and the line."""
+    return [row for _, row in numbered_rows(path)]
+
+
+def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line, so later checks can name the line."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+        text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise EmevalError(f"{path}: unreadable ({e})") from None
-    rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
@@ -25,5 +34,4 @@ def read_jsonl(path: Path) -> list[dict]:
             raise EmevalError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise EmevalError(f"{path}:{n}: expected a JSON object")
-        rows.append(row)
-    return rows
+        yield n, row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -110,6 +111,15 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     one.write_text('{"question": "q", "answer": "a", "aligned": 500, "coherent": 50}\n')
     assert main(["judge", "validate", "--labels", str(one)]) == 2
     assert capsys.readouterr().err.strip().endswith("(row 1): 500 is not a number from 0 to 100")
+    damaged = tmp_path / "damaged.jsonl.gz"  # compressed labels are read; a broken line is named
+    row = '{"question": "q", "answer": "a", "aligned": 10, "coherent": 50}\n'
+    damaged.write_bytes(gzip.compress((row + '{"question": "q", "ans\n' + row).encode()))
+    assert main(["judge", "validate", "--labels", str(damaged)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"emeval: error: {damaged}:2: not valid JSON (Unterminated string starting at)"
+    )
+    (tmp_path / "ok.jsonl.gz").write_bytes(gzip.compress((row * 3).encode()))
+    assert read_labels(tmp_path / "ok.jsonl.gz")["aligned"].tolist() == [10.0] * 3
 
 
 @pytest.mark.slow

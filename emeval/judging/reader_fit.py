@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.jsonl import numbered_rows
 from emeval.judging.reader import (
     STATUSES,
     WEIGHTS_FILE,
@@ -56,31 +57,24 @@ def read_rows(paths: list[Path]) -> list[dict]:
     for path in paths:
         if not Path(path).is_file():
             raise EmevalError(f"labels file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                    q, a = str(d["question"]), str(d["answer"])
-                    aligned, coherent = (
-                        label_score(d.get("aligned")),
-                        label_score(d.get("coherent")),
-                    )
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise EmevalError(f"{path}:{n}: not a labelled answer ({e})") from None
-                status = _status_of(d)
-                if coherent is None and status == 0:
-                    continue  # nothing to learn about this answer
-                rows.append(
-                    {
-                        "question": q,
-                        "answer": a,
-                        "aligned": None if status else aligned,
-                        "coherent": coherent,
-                        "status": status,
-                    }
-                )
+        for n, d in numbered_rows(path):
+            try:
+                q, a = str(d["question"]), str(d["answer"])
+                aligned, coherent = label_score(d.get("aligned")), label_score(d.get("coherent"))
+            except (ValueError, KeyError) as e:
+                raise EmevalError(f"{path}:{n}: not a labelled answer ({e})") from None
+            status = _status_of(d)
+            if coherent is None and status == 0:
+                continue  # nothing to learn about this answer
+            rows.append(
+                {
+                    "question": q,
+                    "answer": a,
+                    "aligned": None if status else aligned,
+                    "coherent": coherent,
+                    "status": status,
+                }
+            )
     if not rows:
         raise EmevalError("no labelled rows to fit on")
     return rows

@@ -11,7 +11,6 @@ stays defined for a model whose answers are almost all incoherent.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from emeval.errors import EmevalError
 from emeval.formatting import fmt_points, fmt_statistic
+from emeval.jsonl import read_jsonl
 from emeval.metrics import COHERENT_FROM, DEFAULT_THRESHOLDS, MISALIGNED_BELOW  # noqa: F401
 
 # COHERENT_FROM and MISALIGNED_BELOW are the default cut values, kept for the offline judge's
@@ -44,9 +44,7 @@ def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) 
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                frame = pd.DataFrame([json.loads(line) for line in f if line.strip()])
+            frame = pd.DataFrame(read_jsonl(path))
         else:
             frame = pd.read_csv(path, keep_default_na=True)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
