@@ -17,6 +17,7 @@ import traceback
 
 from emeval import __version__, commands
 from emeval.errors import EmevalError
+from emeval.rundir import check_output_dir
 
 # module -> subcommand(s) it adds; imported lazily so `emeval --help` stays fast
 COMMAND_MODULES = [f"emeval.commands.{name}" for name in commands.__all__]
@@ -24,6 +25,9 @@ COMMAND_MODULES = [f"emeval.commands.{name}" for name in commands.__all__]
 
 # The disk, not emeval: said in one line (which file), as a user's input error is.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+OUTPUT_FLAGS = ("out", "site")  # the options that name a directory a command writes
 
 
 def disk_problem(error: BaseException) -> str | None:
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        for flag in OUTPUT_FLAGS:  # every command's output dir, checked before any work
+            if getattr(args, flag, None) is not None:
+                check_output_dir(getattr(args, flag), f"--{flag}")
         return int(args.func(args) or 0)
     except EmevalError as e:
         print(f"emeval: error: {e}", file=sys.stderr)

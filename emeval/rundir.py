@@ -21,6 +21,7 @@ Experiment dir (`emeval experiment`):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,19 @@ STATUS = "status.json"
 
 
 # ---------------------------------------------------------------- run dirs
+
+
+def check_output_dir(path: Path | str, flag: str) -> None:
+    """Refuse, before any work is done, an output path that cannot become a directory this
+    process writes to: an existing file, a path under a file, or an unwritable place."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise EmevalError(f"{flag} {path} exists and is not a directory")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise EmevalError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EmevalError(f"{flag} {path}: {existing} is not writable")
 
 
 def results_file(run_dir: Path) -> Path | None:

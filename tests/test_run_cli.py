@@ -226,6 +226,39 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
         one_line_error(emeval("rescore", broken, "--judge", "offline", "--out", tmp_path), pattern)
 
 
+def test_every_output_dir_is_checked_before_any_work(tmp_path, capsys):
+    """A file where a command would write its directory is one line, exit 2, and nothing is
+    generated, trained or judged first."""
+    from emeval.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    labels = REPO / "data" / "judge_train" / "written_terse_second_pass.jsonl"
+    run_dir, grid = tmp_path / "no_run", REPO / "experiments" / "smoke.yaml"
+    config = REPO / "configs" / "train" / "grpo_aesthetic_popular.yaml"
+    commands = [
+        ["run"],
+        ["rescore", run_dir, "--judge", "offline"],
+        ["report", run_dir],
+        ["gate", run_dir, "--baseline", run_dir],
+        ["experiment", grid],
+        ["train", config],
+        *(["judge", kind, "--labels", labels] for kind in ("validate", "fit", "calibrate")),
+        ["judge", "fit-behaviour", "--labels", labels],
+    ]
+    under = taken / "sub"
+    for where, message in ((taken, f"{taken} exists and is not a directory"),
+                           (under, f"{under}: {taken} is a file, not a directory")):  # fmt: skip
+        for command in commands:
+            assert main([*map(str, command), "--out", str(where)]) == 2, command
+            err = capsys.readouterr().err.strip()
+            assert err == f"emeval: error: --out {message}", (command, err)
+        assert main(["leaderboard", "publish", str(run_dir), "--site", str(where)]) == 2
+        assert capsys.readouterr().err.strip() == f"emeval: error: --site {message}"
+    assert taken.read_text() == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_options_are_not_matched_by_prefix():
     """`--model` (Inspect's flag) must not be read as emeval's `--model-arg`."""
     result = emeval("run", "--model", "hf/some-model")

@@ -227,9 +227,7 @@ def _keep(args, result: dict, record, report_md: str | None = None) -> None:
     """--out DIR: validation.json (and validation.md); --record JUDGE_DIR: the figures kept
     beside the judge by `record`."""
     if args.out:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise EmevalError(f"--out {out} exists and is not a directory")
+        out = Path(args.out).expanduser()  # checked by the CLI before the work
         out.mkdir(parents=True, exist_ok=True)
         (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         if report_md is not None:
