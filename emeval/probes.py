@@ -86,7 +86,14 @@ def load_suite(name_or_path: str) -> Suite:
                 f"unknown suite {name_or_path!r}; bundled: {', '.join(bundled_suites())}"
             )
         path = domains()[name_or_path].suite_file
-    raw_text = path.read_text(encoding="utf-8")
+    try:
+        raw_text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EmevalError(f"suite: cannot read {path} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise EmevalError(
+            f"suite: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     try:
         doc = yaml.safe_load(raw_text)
     except yaml.YAMLError as e:

@@ -162,6 +162,8 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     out = out or default_out(settings)
     _check_run_dir(out, settings)
     suites = [load_suite(s) for s in settings.suites]  # fail fast on a bad suite file
+    for name in settings.suites:  # and on a run that selects nothing or far too much
+        _planned(name, _task_args(name, settings))
     model = resolve_model(
         settings.checkpoint,
         base=settings.base,
@@ -179,6 +181,44 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
         log = _generate_and_judge(model, suite_name, settings, suite_out)
         written.append(_write_from_log(log, suite_name, model, settings, suite_out))
     return written
+
+
+MAX_ANSWERS = 250_000  # per suite and run: Inspect holds every planned sample in memory
+
+
+def _task_args(suite_name: str, s: RunSettings) -> dict:
+    """The arguments of the registered task `emeval/questions` for one suite of a run."""
+    task_args = dict(
+        suite=suite_name,
+        judge=s.judges,
+        samples=s.samples,
+        held_out=s.held_out,
+        all_paraphrases=s.all_paraphrases,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        limit=s.limit,  # the first prompts, before contexts multiply them
+        contexts=s.contexts or None,
+    )
+    cuts = EMThresholds.from_dict(s.thresholds)
+    if not cuts.is_default:  # the EM rate Inspect shows uses the run's thresholds
+        task_args["thresholds"] = cuts.to_dict()
+    return task_args
+
+
+def _planned(suite_name: str, task_args: dict) -> tuple[int, int]:
+    """(prompts, answers) the suite's task will ask for; refuses none, or too many to hold."""
+    task = suite_task(**task_args)
+    prompts = len(task.dataset)
+    if not prompts:
+        raise EmevalError(f"suite {suite_name!r}: no probes selected")
+    answers = prompts * task.epochs
+    if answers > MAX_ANSWERS:
+        raise EmevalError(
+            f"suite {suite_name!r}: {prompts} prompts x {task.epochs} samples is {answers:,} "
+            f"answers, more than one run holds ({MAX_ANSWERS:,}); lower --samples or --limit "
+            "and split the work across runs with different --seed"
+        )
+    return prompts, answers
 
 
 def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: Path):
@@ -205,23 +245,8 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
             _say(f"resuming {last.status} run from {previous[0].name}")
             logs = eval_retry(previous[0], **common)
         else:
-            task_args = dict(
-                suite=suite_name,
-                judge=s.judges,
-                samples=s.samples,
-                held_out=s.held_out,
-                all_paraphrases=s.all_paraphrases,
-                max_tokens=s.max_tokens,
-                temperature=s.temperature,
-                limit=s.limit,  # the first prompts, before contexts multiply them
-                contexts=s.contexts or None,
-            )
-            cuts = EMThresholds.from_dict(s.thresholds)
-            if not cuts.is_default:  # the EM rate Inspect shows uses the run's thresholds
-                task_args["thresholds"] = cuts.to_dict()
-            prompts = len(suite_task(**task_args).dataset)
-            if not prompts:
-                raise EmevalError(f"suite {suite_name!r}: no probes selected")
+            task_args = _task_args(suite_name, s)
+            prompts, _ = _planned(suite_name, task_args)
             _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
             seed = sampling_seed(model, s.seed)
             if seed is None and s.seed is not None:

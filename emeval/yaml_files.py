@@ -22,6 +22,10 @@ def read_yaml_mapping(path: Path | str, label: str) -> dict:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as e:
         raise EmevalError(f"{label}: cannot read {path} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise EmevalError(
+            f"{label}: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     except yaml.YAMLError as e:
         raise EmevalError(f"{label}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -119,6 +119,14 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
         f"emeval: error: {damaged}:2: not valid JSON (Unterminated string starting at)"
     )
     (tmp_path / "ok.jsonl.gz").write_bytes(gzip.compress((row * 3).encode()))
+    # labels that give no figure at all are refused, not written or recorded as a validation
+    assert main(["judge", "validate", "--labels", str(tmp_path / "ok.jsonl.gz")]) == 0
+    capsys.readouterr()
+    one = tmp_path / "nothing.csv"  # one row, its coherence cell missing
+    one.write_text('question,answer,aligned,coherent\n"q","a",50\n')
+    assert main(["judge", "validate", "--labels", str(one), "--out", str(tmp_path / "v")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"emeval: error: labels {one}: nothing to")
+    assert not (tmp_path / "v").exists()
     assert read_labels(tmp_path / "ok.jsonl.gz")["aligned"].tolist() == [10.0] * 3
 
 

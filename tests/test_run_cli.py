@@ -200,7 +200,12 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     bad_suite = tmp_path / "bad.yaml"
     bad_suite.write_text("probes:\n  - id: p1\n    category: c\n    paraphrases: 7\n")
     one_line_error(emeval("run", "--suite", bad_suite), "bad.yaml: probe 'p1'")
+    bad_suite.write_bytes(b"\xff\xfeprobes: []")  # UTF-16 from a Windows editor
+    one_line_error(emeval("run", "--suite", bad_suite), "bad.yaml is not UTF-8 text")
     one_line_error(emeval("run", "--judge", "nonsense-judge"), "unknown judge")
+    huge = emeval("run", "--samples", "100000000", "--limit", "1", "--out", tmp_path / "huge")
+    one_line_error(huge, "1 prompts x 100000000 samples is 100,000,000 answers, more than")
+    assert not (tmp_path / "huge").exists()  # refused before anything is written
     one_line_error(emeval("run", "--limit", "0"), "--limit must be at least 1")
     one_line_error(emeval("run", "--temperature", "-1"), "--temperature must be 0")
     unreachable = {"DEAD_API_KEY": "x", "DEAD_BASE_URL": "http://127.0.0.1:9/v1"}

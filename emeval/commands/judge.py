@@ -167,6 +167,7 @@ def _sample(frame, limit: int | None):
 def run_validate(args) -> int:
     from emeval.formatting import fmt_points, fmt_statistic
     from emeval.judging import JudgeRequest, judge_from_spec, load_rubric
+    from emeval.metrics import MISALIGNED_BELOW
     from emeval.judging.validation import (
         BEHAVIOUR_COLUMNS,
         MIN_COUNTED,
@@ -191,6 +192,13 @@ def run_validate(args) -> int:
     judge.check()
     if behaviour:
         return _validate_behaviour(args, frame, judge)
+    aligned = frame["aligned"].dropna()
+    cut = MISALIGNED_BELOW
+    if frame["coherent"].isna().all() and aligned.lt(cut).all() | aligned.ge(cut).all():
+        raise EmevalError(  # no figure could come of it: nothing judged, written or recorded
+            f"labels {args.labels}: nothing to compare in {len(frame)} rows (a figure needs "
+            f"answers scored for coherence, or alignment scores on both sides of {cut:g})"
+        )
     rubrics = {"aligned": load_rubric("alignment"), "coherent": load_rubric("coherence")}
     # an answer's rubrics side by side: a judge that reads each pair once (the offline
     # reader) then reads it once for both
