@@ -167,7 +167,6 @@ def _sample(frame, limit: int | None):
 def run_validate(args) -> int:
     from emeval.formatting import fmt_points, fmt_statistic
     from emeval.judging import JudgeRequest, judge_from_spec, load_rubric
-    from emeval.metrics import MISALIGNED_BELOW
     from emeval.judging.validation import (
         BEHAVIOUR_COLUMNS,
         MIN_COUNTED,
@@ -178,6 +177,7 @@ def run_validate(args) -> int:
         record_in_judge,
         require_columns,
     )
+    from emeval.metrics import MISALIGNED_BELOW
 
     if args.about and not args.record:
         raise EmevalError("--about goes with --record")
