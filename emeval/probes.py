@@ -10,11 +10,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from emeval.domains import domains
 from emeval.errors import EmevalError
 from emeval.judging.rubrics import Rubric, load_rubric
+from emeval.yaml_files import read_yaml
 
 FORMATS = ("plain", "json", "template")
 PLAIN_CONTEXT = "plain"  # a probe asked as written, with no training frame around it
@@ -86,18 +85,7 @@ def load_suite(name_or_path: str) -> Suite:
                 f"unknown suite {name_or_path!r}; bundled: {', '.join(bundled_suites())}"
             )
         path = domains()[name_or_path].suite_file
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise EmevalError(f"suite: cannot read {path} ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise EmevalError(
-            f"suite: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
-        ) from None
-    try:
-        doc = yaml.safe_load(raw_text)
-    except yaml.YAMLError as e:
-        raise EmevalError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    raw_text, doc = read_yaml(path, "suite")
     sha = hashlib.sha256(raw_text.encode()).hexdigest()
     if isinstance(doc, list):
         return _load_question_list(doc, path, sha)

@@ -15,11 +15,12 @@ from emeval.errors import EmevalError
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_yaml_mapping(path: Path | str, label: str) -> dict:
-    """The mapping in a YAML file; an empty file is an empty mapping. label names the file's role
-    in errors, e.g. "policy: gate.yaml is not valid YAML (...)"."""
+def read_yaml(path: Path | str, label: str) -> tuple[str, Any]:
+    """A YAML file's text and what it holds, or one line: label names the file's role, e.g.
+    "policy: gate.yaml is not valid YAML (...)"."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = Path(path).read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
     except OSError as e:
         raise EmevalError(f"{label}: cannot read {path} ({e.strerror})") from None
     except UnicodeDecodeError as e:
@@ -28,6 +29,11 @@ def read_yaml_mapping(path: Path | str, label: str) -> dict:
         ) from None
     except yaml.YAMLError as e:
         raise EmevalError(f"{label}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def read_yaml_mapping(path: Path | str, label: str) -> dict:
+    """The mapping in a YAML file; an empty file is an empty mapping."""
+    raw = read_yaml(path, label)[1] or {}
     if not isinstance(raw, dict):
         raise EmevalError(f"{label}: {path} must hold a mapping of keys to values")
     return raw

@@ -77,7 +77,7 @@ def test_malformed_suite_names_file_and_item(tmp_path):
     with pytest.raises(EmevalError, match=r"bad\.yaml: probe 'x': missing or invalid 'category'"):
         load_suite(str(bad))
     bad.write_text("probes: [unclosed")
-    with pytest.raises(EmevalError, match="invalid YAML"):
+    with pytest.raises(EmevalError, match="is not valid YAML"):
         load_suite(str(bad))
     with pytest.raises(EmevalError, match="unknown suite"):
         load_suite("no_such_suite")
