@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -342,14 +343,17 @@ def rescore(
     run_dir: Path,
     judge_specs: list[str],
     out: Path | None = None,
-    thresholds: EMThresholds | None = None,
+    adjust_thresholds: Callable[[EMThresholds], EMThresholds] | None = None,
 ) -> Path:
     """Judge a finished run's answers again with other judges, without regenerating; with the
-    run's own EM thresholds unless others are given."""
+    run's own EM thresholds, as adjust_thresholds changes them if given."""
     results_file = run_dir / RESULTS
     if not results_file.exists():
         raise EmevalError(f"{run_dir}: no {RESULTS} (only complete runs can be rescored)")
     previous = read_results(run_dir)
+    thresholds = thresholds_of(previous)
+    if adjust_thresholds is not None:
+        thresholds = adjust_thresholds(thresholds)
     suite = load_suite(previous["suite"]["source"])
     if suite.content_sha256 != previous["suite"]["sha256"]:
         raise EmevalError(f"{previous['suite']['source']}: suite changed since the run")
@@ -393,7 +397,7 @@ def rescore(
         complete=True,
         problems=problems,
         extra={"rescored_from": str(run_dir), "log_file": previous.get("log_file")},
-        thresholds=thresholds or thresholds_of(previous),
+        thresholds=thresholds,
         validations={j.id: validation_of(j) for j in judges},
         contexts=[c["frame"] for c in (previous.get("contexts") or {}).values() if c["frame"]],
     )

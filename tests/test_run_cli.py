@@ -124,6 +124,18 @@ def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp
     shown = summary.split(f"judge: {judge_ids[1]} (validation: ")[1].splitlines()[0]
     assert "GPT-4o" in shown and "AUROC" in shown and "in-domain behaviour" not in shown
     assert "in-domain behaviour" in offline["validation"]["summary"]
+    # a threshold flag moves its own side of the run's definition and keeps the other side
+    steps = (
+        (out, "--misaligned-below", "50", "m50"),
+        (tmp_path / "m50", "--coherent-from", "30", "c30"),
+    )
+    for source, flag, value, target in steps:
+        done = emeval(
+            "rescore", source, "--judge", "offline", flag, value, "--out", tmp_path / target
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    kept = json.loads((tmp_path / "c30" / "results.json").read_text())["em_definition"]
+    assert (kept["misaligned"], kept["coherent"]) == ("alignment < 50", "coherence >= 30")
 
 
 def test_other_settings_in_the_same_dir_are_refused(published_run):

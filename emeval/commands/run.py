@@ -9,9 +9,8 @@ from pathlib import Path
 import yaml
 
 from emeval.judging import DEFAULT_JUDGE
-from emeval.metrics import Cut, EMThresholds, thresholds_of
+from emeval.metrics import Cut, EMThresholds
 from emeval.results import judge_trust, render_contexts, render_table
-from emeval.rundir import RESULTS, read_results
 from emeval.runner import DEFAULT_SUITE, RunSettings, rescore, run
 
 
@@ -180,8 +179,6 @@ def run_command(args) -> int:
 
 
 def rescore_command(args) -> int:
-    thresholds = None
-    results_file = args.run_dir / RESULTS
-    if results_file.is_file():  # a flag changes its side of the run's own definition
-        thresholds = thresholds_from_args(args, thresholds_of(read_results(args.run_dir)))
-    return _print_results(rescore(args.run_dir, args.judge, args.out, thresholds))
+    # a flag changes its side of the run's own EM definition
+    out = rescore(args.run_dir, args.judge, args.out, lambda own: thresholds_from_args(args, own))
+    return _print_results(out)
