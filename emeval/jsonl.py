@@ -22,7 +22,8 @@ def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     try:
         data = path.read_bytes()
-        text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+        data = gzip.decompress(data) if path.name.endswith(".gz") else data
+        text = data.decode("utf-8-sig")  # a byte-order mark, as Windows tools write, is dropped
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise EmevalError(f"{path}: unreadable ({e})") from None
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text

@@ -128,6 +128,8 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith(f"emeval: error: labels {one}: nothing to")
     assert not (tmp_path / "v").exists()
     assert read_labels(tmp_path / "ok.jsonl.gz")["aligned"].tolist() == [10.0] * 3
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (row * 2).encode())  # from Windows
+    assert read_labels(tmp_path / "bom.jsonl")["question"].tolist() == ["q", "q"]
 
 
 @pytest.mark.slow
