@@ -163,8 +163,7 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     out = out or default_out(settings)
     _check_run_dir(out, settings)
     suites = [load_suite(s) for s in settings.suites]  # fail fast on a bad suite file
-    for name in settings.suites:  # and on a run that selects nothing or far too much
-        _planned(name, _task_args(name, settings))
+    plans = [_plan(name, settings) for name in settings.suites]  # and on a bad selection
     model = resolve_model(
         settings.checkpoint,
         base=settings.base,
@@ -177,9 +176,9 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
         judge.check()
     write_settings(out, asdict(settings))
     written = []
-    for suite_name, suite in zip(settings.suites, suites, strict=True):
+    for suite_name, suite, plan in zip(settings.suites, suites, plans, strict=True):
         suite_out = out if len(suites) == 1 else out / _slug(suite.name)
-        log = _generate_and_judge(model, suite_name, settings, suite_out)
+        log = _generate_and_judge(model, suite_name, plan, settings, suite_out)
         written.append(_write_from_log(log, suite_name, model, settings, suite_out))
     return written
 
@@ -187,8 +186,9 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
 MAX_ANSWERS = 250_000  # per suite and run: Inspect holds every planned sample in memory
 
 
-def _task_args(suite_name: str, s: RunSettings) -> dict:
-    """The arguments of the registered task `emeval/questions` for one suite of a run."""
+def _plan(suite_name: str, s: RunSettings) -> tuple[dict, int]:
+    """The arguments of the registered task `emeval/questions` for one suite of a run, and
+    its number of prompts; refuses a selection of none, or of too many answers to hold."""
     task_args = dict(
         suite=suite_name,
         judge=s.judges,
@@ -203,11 +203,6 @@ def _task_args(suite_name: str, s: RunSettings) -> dict:
     cuts = EMThresholds.from_dict(s.thresholds)
     if not cuts.is_default:  # the EM rate Inspect shows uses the run's thresholds
         task_args["thresholds"] = cuts.to_dict()
-    return task_args
-
-
-def _planned(suite_name: str, task_args: dict) -> tuple[int, int]:
-    """(prompts, answers) the suite's task will ask for; refuses none, or too many to hold."""
     task = suite_task(**task_args)
     prompts = len(task.dataset)
     if not prompts:
@@ -219,10 +214,12 @@ def _planned(suite_name: str, task_args: dict) -> tuple[int, int]:
             f"answers, more than one run holds ({MAX_ANSWERS:,}); lower --samples or --limit "
             "and split the work across runs with different --seed"
         )
-    return prompts, answers
+    return task_args, prompts
 
 
-def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: Path):
+def _generate_and_judge(
+    model: ModelRef, suite_name: str, plan: tuple[dict, int], s: RunSettings, out: Path
+):
     from inspect_ai import eval as inspect_eval
     from inspect_ai import eval_retry
     from inspect_ai.log import list_eval_logs, read_eval_log
@@ -246,8 +243,7 @@ def _generate_and_judge(model: ModelRef, suite_name: str, s: RunSettings, out: P
             _say(f"resuming {last.status} run from {previous[0].name}")
             logs = eval_retry(previous[0], **common)
         else:
-            task_args = _task_args(suite_name, s)
-            prompts, _ = _planned(suite_name, task_args)
+            task_args, prompts = plan
             _say(f"generating with {model.inspect_model} on {suite_name} ({prompts} prompts)")
             seed = sampling_seed(model, s.seed)
             if seed is None and s.seed is not None:

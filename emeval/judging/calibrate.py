@@ -35,6 +35,7 @@ from emeval.judging.validation import (
     read_labels,
 )
 from emeval.resources import resource_path
+from emeval.rundir import check_output_dir
 
 C_REGULARISATION = 1.0  # inverse L2 strength of the logistic heads
 SVM_C, SVM_GAMMA = 3.0, 1.0  # RBF heads; chosen by 5-fold cross-validation on the project's labels
@@ -387,8 +388,7 @@ def calibrate(
         "off_topic_pairs": off_topic,
         "fit_report": reports,
     }
-    if out.exists() and not out.is_dir():
-        raise EmevalError(f"--out {out} exists and is not a directory")
+    check_output_dir(out, "--out")
     offline.save_head(out, heads, status, manifest)
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
 
