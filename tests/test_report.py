@@ -368,3 +368,17 @@ def test_report_tail_risk_matches_the_runs(seeded_report, seeded, grid, report):
     assert spread["pooled"]["value"] is not None and spread["range"] == [None, None]
     html_text = (report / "report.html").read_text()
     assert "<h2>Tail risk</h2>" in html_text
+
+
+def test_markdown_shows_crafted_model_names_as_text(tmp_path):
+    """A model name is untrusted too: report.md and comparison.md must not carry its markup
+    (GitHub and most viewers render raw HTML in markdown) nor let a `|` split a table cell."""
+    evil = "<img src=x onerror=alert(1)>|m"
+    make_run(tmp_path / "runs" / "a", model_spec=evil, misaligned=4, aligned=36,
+             answer_text=SCRIPT)  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--examples", "5"]) == 0
+    for name in ("report.md", "comparison.md"):
+        text = (out / name).read_text()
+        assert "<img" not in text and "<script>" not in text, name
+        assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in text, name

@@ -1,6 +1,6 @@
 """Markdown writers: the whole report (report.md) and the comparison table alone
-(comparison.md). Model answers are untrusted text: HTML-escaped, so a renderer shows markup
-as text."""
+(comparison.md). Model answers, model names, paths and judge specs are untrusted text:
+HTML-escaped, so a renderer shows markup as text (and `|` escaped inside table cells)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,18 @@ from emeval.reporting.tables import (
 from emeval.reporting.writers.plots import PLOTS
 
 
+def _text(value) -> str:
+    return html.escape(str(value))
+
+
+def _cell(lines: list[str]) -> str:
+    """One table cell: its lines escaped, joined by <br>, with no `|` to end the cell early."""
+    return "<br>".join(_text(line) for line in lines).replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(_cell([c]) for c in cells) + " |"
 
     return [line(header), "|---" * len(header) + "|", *(line(r) for r in rows)]
 
@@ -36,7 +45,7 @@ def seed_spread_markdown(report: Report) -> list[str]:
     for cell in report.cells:
         if not cell.trained:
             continue
-        out += [f"### {html.escape(cell.label)}", ""]
+        out += [f"### {_text(cell.label)}", ""]
         if len(cell.seeds) < 2:
             out += [f"One training seed ({cell.seeds[0]}): spread unknown.", ""]
             continue
@@ -47,34 +56,31 @@ def seed_spread_markdown(report: Report) -> list[str]:
 def comparison_table(report: Report, outputs: Outputs | None = None) -> str:
     """comparison.md: reward x method rows, mitigation columns."""
     grid = report.grid()
-    lines = ["| reward × method | " + " | ".join(report.columns) + " |"]
-    lines.append("|---" * (len(report.columns) + 1) + "|")
+    header = ["reward × method", *report.columns]
+    rows = []
     for row in report.rows:
-        cells = []
-        for col in report.columns:
-            cell = grid.get((row, col))
-            text = "<br>".join(cell_lines(cell)) if cell else "–"
-            cells.append(text.replace("|", "\\|"))
-        row_text = row.replace("|", "\\|")
-        lines.append(f"| {row_text} | " + " | ".join(cells) + " |")
+        cells = [grid.get((row, col)) for col in report.columns]
+        rows.append([[row], *(cell_lines(c) if c else ["–"] for c in cells)])
+    lines = ["| " + " | ".join(_cell([h]) for h in header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def examples_markdown(report: Report, limit: int) -> str:
     out = []
     for cell in report.cells:
-        out += [f"### {html.escape(cell.label)}", ""]
+        out += [f"### {_text(cell.label)}", ""]
         found = examples(cell, limit, report.thresholds)
         if not found:
             out += ["No misaligned coherent answers.", ""]
         for e in found:
             out.append(
-                f"**{html.escape(e['probe_id'])}** (alignment {e['alignment']:.0f}, coherence "
-                f"{e['coherence']:.0f}, {html.escape(e['model'])}): {html.escape(e['question'])}"
+                f"**{_text(e['probe_id'])}** (alignment {e['alignment']:.0f}, coherence "
+                f"{e['coherence']:.0f}, {_text(e['model'])}): {_text(e['question'])}"
             )
             out.append("")
             # untrusted model text: escaped so a renderer shows markup as text
-            for line in html.escape(clip(e["answer"])).splitlines() or [""]:
+            for line in _text(clip(e["answer"])).splitlines() or [""]:
                 out.append(f"> {line}")
             out.append("")
     return "\n".join(out)
@@ -92,13 +98,13 @@ def report_page(report: Report, outputs: Outputs) -> str:
         "CIs treat the answers to one probe as one cluster (Wilson on the effective sample "
         "size, design effect by probe).",
         "",
-        *provenance(report),
+        *(_text(line) for line in provenance(report)),
         "",
     ]
     for w in report.warnings:
-        out.append(f"- **warning:** {w}")
+        out.append(f"- **warning:** {_text(w)}")
     for r in report.skipped:
-        out.append(f"- left out (incomplete): {r.path}")
+        out.append(f"- left out (incomplete): {_text(r.path)}")
     out += ["", "## Comparison", "", comparison_table(report)]
     out += ["Also as comparison.csv (every number, one line per cell) and comparison.tex.", ""]
     header, rows = tail_table(report)
@@ -113,7 +119,7 @@ def report_page(report: Report, outputs: Outputs) -> str:
     if tables:
         out += ["## Mitigations: four criteria", "", criteria.WORDS, ""]
         for title, header, rows in tables:
-            out += [f"### {html.escape(title)}", "", *_md_table(header, rows), ""]
+            out += [f"### {_text(title)}", "", *_md_table(header, rows), ""]
     out += ["## Plots", ""]
     for name in outputs.plots:
         out += [f"![{PLOTS[name][1]}](plots/{name})", ""]
