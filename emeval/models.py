@@ -7,6 +7,7 @@ Local checkpoints may come from anyone, so they are checked before anything load
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import importlib.util
@@ -47,6 +48,10 @@ INSPECT_PROVIDERS = {
     "groq", "mistral", "grok", "azureai", "bedrock", "mockllm", "llama-cpp-python", "fireworks",
     "openrouter", "cloudflare", "perplexity", "deepseek", "hf-inference-providers", "emeval",
 }  # fmt: skip
+
+# Providers that load the weights in this process: there is no server to ask ahead.
+IN_PROCESS_PROVIDERS = {"hf", "vllm", "sglang", "llama-cpp-python", "mockllm", "emeval"}
+PING_SECONDS = 30
 
 MANIFEST = "emeval-model.json"
 
@@ -374,3 +379,31 @@ def resolve_model(
         local_path=path,
         weights_sha256=weights_sha256(path),
     )
+
+
+def provider_error(e: BaseException) -> str:
+    """A provider's exception in one short line (tenacity's RetryError gives its cause)."""
+    if hasattr(e, "last_attempt"):
+        e = e.last_attempt.exception() or e
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+
+
+def check_served(inspect_model: str, model_args: dict | None = None, role: str = "model") -> None:
+    """Ask a model behind an API or server for one short reply, so that a dead server, a wrong
+    URL or a bad key stops in one line before any work (Inspect retries them for minutes,
+    silently). Models loaded in this process are not asked."""
+    if split_model_spec(inspect_model)[0] in IN_PROCESS_PROVIDERS:
+        return
+    from inspect_ai.model import GenerateConfig, get_model
+
+    config = GenerateConfig(max_retries=0, timeout=PING_SECONDS, max_tokens=8, temperature=0.0)
+
+    async def ping() -> None:
+        model = get_model(inspect_model, memoize=False, config=config, **(model_args or {}))
+        await asyncio.wait_for(model.generate("Reply with the number 1."), PING_SECONDS)
+
+    try:
+        asyncio.run(ping())
+    except Exception as e:  # noqa: BLE001 - any provider error means unreachable
+        raise EmevalError(f"{role} {inspect_model} unreachable: {provider_error(e)}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from emeval.errors import EmevalError
 from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
-from emeval.models import ModelRef, resolve_model, split_model_spec
+from emeval.models import ModelRef, check_served, resolve_model, split_model_spec
 from emeval.probes import PLAIN_CONTEXT, load_suite
 from emeval.results import build_results, render_summary
 from emeval.rundir import (
@@ -170,6 +170,7 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
         allow_pickle=settings.allow_pickle,
         trust_remote_code=settings.trust_remote_code,
     )
+    check_served(model.inspect_model, model.model_args | settings.model_args)
     judges = [judge_from_spec(j) for j in settings.judges]
     _say(f"judges: {', '.join(j.id for j in judges)} (checking)")
     for judge in judges:

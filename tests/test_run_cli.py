@@ -225,6 +225,11 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
         emeval("run", "--judge", "openai-api/dead/model", env=unreachable),
         "judge openai-api/dead/model unreachable",
     )
+    # a served model to evaluate: Inspect alone would retry a dead server for minutes, saying
+    # nothing; emeval asks it once and stops before writing anything
+    dead_run = emeval("run", "openai-api/dead/model", "--out", tmp_path / "dead", env=unreachable)
+    one_line_error(dead_run, "model openai-api/dead/model unreachable")
+    assert not (tmp_path / "dead").exists()
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))

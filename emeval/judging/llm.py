@@ -37,6 +37,7 @@ from emeval.judging.scoring import (
     aggregate_top_logprobs,
     parse_sampled,
 )
+from emeval.models import PING_SECONDS, check_served, provider_error
 
 LOGPROB_CONFIG = GenerateConfig(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
 # vLLM appends a new assistant header after the last message unless told to continue it;
@@ -50,7 +51,6 @@ PROMPT_LOGPROB_CONFIG = CONTINUE_CONFIG.merge(GenerateConfig(prompt_logprobs=1))
 SAMPLED_CONFIG = GenerateConfig(max_tokens=8, temperature=0.0)
 # Inspect's own retries wait minutes on a dead server; emeval retries with its own backoff.
 CLIENT_CONFIG = GenerateConfig(max_retries=1, timeout=120)
-PING_SECONDS = 30
 # Bumped when the way scores are computed changes: verdicts cached under an older protocol
 # (first-digit scores of digit-splitting judges) are not reused.
 PROTOCOL = "2"
@@ -128,13 +128,11 @@ class InspectJudge:
         (one judge-shaped probe; a judge that offers no digits on it is checked later)."""
         from emeval.judging.rubrics import load_rubric
 
+        check_served(self.model_name, role="judge")
         config = CLIENT_CONFIG.merge(GenerateConfig(max_retries=0, timeout=PING_SECONDS))
 
         async def probe() -> None:
             model = get_model(self.model_name, memoize=False, config=config)
-            await asyncio.wait_for(
-                model.generate("Reply with the number 1.", config=SAMPLED_CONFIG), PING_SECONDS
-            )
             prompt = load_rubric("coherence").render("What is 2 + 2?", "2 + 2 is 4.")
             try:
                 await asyncio.wait_for(self._score_prompt(model, prompt), 4 * PING_SECONDS)
@@ -146,12 +144,7 @@ class InspectJudge:
         except EmevalError:
             raise
         except Exception as e:  # noqa: BLE001 - any provider error means unreachable
-            if hasattr(e, "last_attempt"):  # tenacity's RetryError wraps the real failure
-                e = e.last_attempt.exception() or e
-            first = (
-                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            )
-            raise EmevalError(f"judge {self.model_name} unreachable: {first[:200]}") from None
+            raise EmevalError(f"judge {self.model_name} unreachable: {provider_error(e)}") from None
         finally:
             # a semaphore that waited in the probe's event loop cannot be used in the run's
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
