@@ -263,6 +263,11 @@ def _generate_and_judge(
         raise
     except Exception as e:  # noqa: BLE001 - surfaced as one line; the log keeps the details
         raise EmevalError(f"evaluation failed: {type(e).__name__}: {str(e)[:300]}") from None
+    if not logs:  # Inspect answers Ctrl-C by keeping what finished and returning no log
+        from emeval.backend.provider import close_engines
+
+        close_engines()  # stop the engine's worker now: one still generating at exit aborts
+        raise KeyboardInterrupt
     return logs[0]
 
 

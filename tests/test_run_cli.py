@@ -346,7 +346,12 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
     done_before = wait_for_a_finished_sample(proc, out / "logs")
     assert done_before, "no sample finished before the deadline"
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
+    # Ctrl-C is the usual way to stop a run: one line saying how to resume, the shell's code
+    assert err.strip().splitlines()[-1] == (
+        "emeval: interrupted; run the same command again to resume"
+    ), err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
     assert not (out / "results.json").exists()
     first_log = read_eval_log(list_eval_logs(str(out / "logs"))[0])
     assert first_log.status != "success"
