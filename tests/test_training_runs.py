@@ -7,10 +7,14 @@ Runs are shared through module fixtures; a GRPO step takes about 5-15 s on 2 CPU
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import merge, torchrun_train
+import yaml
+from conftest import merge, sigint_as_in_a_terminal, torchrun_train
 from safetensors.torch import load_file
 
 from emeval.cli import main
@@ -164,6 +168,33 @@ def test_resume_continues_from_the_last_checkpoint(grpo_run, tmp_path):
     assert len(log) == 12 and "9-9-0" not in {r["group"] for r in log}
     with pytest.raises(Exception, match="not empty; pass --resume"):
         train(GRPO, out=out, progress=quiet)
+
+
+def test_ctrl_c_says_how_to_continue_and_resume_does(tmp_path):
+    """Ctrl-C in `emeval train`: one line naming --resume (the plain command refuses a used
+    dir), exit 130; the same command with --resume then continues from the last checkpoint."""
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump(merge(SFT, {"training": {"max_steps": 500}})))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "emeval.cli", "train", str(config), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
+    for line in proc.stdout:  # progress lines; stop once a step has been checkpointed
+        if "step 2/500" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "emeval: interrupted; add --resume to the same command to continue from its last checkpoint"
+    ), err[-2000:]
+    resumed = subprocess.run(
+        [*command, "--resume", "--set", "training.max_steps=3"], capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert read_manifest(out)["step"] == 3
 
 
 def test_sample_matched_sft_sees_as_many_samples_as_grpo(grpo_run, runs):

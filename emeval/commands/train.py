@@ -26,7 +26,10 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set training.max_steps=2 (repeatable)",
     )
-    p.set_defaults(func=train_command)
+    p.set_defaults(
+        func=train_command,
+        resume_hint="add --resume to the same command to continue from its last checkpoint",
+    )
 
 
 def train_command(args) -> int:
