@@ -9,6 +9,7 @@ Run dir (`emeval run`, one suite; a run of several suites has one below it per s
   results.incomplete.json  incomplete one instead, so nothing takes it for a finished run
   summary.md               the results for people
   condition.json           (from `emeval experiment`) the grid coordinates of the model
+  .emeval.lock             held by the `emeval run` writing the dir (one at a time)
 Training output dir (`emeval train`; the full layout is in emeval/training/pipeline.py):
   emeval-manifest.json     what made the model in that dir (also in each checkpoint dir)
   config.yaml              the config as first given
@@ -20,6 +21,8 @@ Experiment dir (`emeval experiment`):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ RESULTS = "results.json"
 RESULTS_INCOMPLETE = "results.incomplete.json"
 SUMMARY = "summary.md"
 CONDITION = "condition.json"
+RUN_LOCK = ".emeval.lock"
 
 # a training output dir
 MANIFEST = "emeval-manifest.json"
@@ -63,6 +67,22 @@ def check_output_dir(path: Path | str, flag: str) -> None:
         raise EmevalError(f"{flag} {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise EmevalError(f"{flag} {path}: {existing} is not writable")
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """Hold a run dir for this process: a second `emeval run` on it at the same time would
+    resume the first one's unfinished log beside it, and both would write the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / RUN_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EmevalError(
+                f"{out} is in use by another emeval run; wait for it to finish or choose "
+                "another --out"
+            ) from None
+        yield
 
 
 def results_file(run_dir: Path) -> Path | None:

@@ -29,6 +29,7 @@ from emeval.rundir import (
     read_records,
     read_results,
     read_settings,
+    run_dir_lock,
     write_run,
     write_settings,
 )
@@ -175,12 +176,14 @@ def run(settings: RunSettings, out: Path | None = None) -> list[Path]:
     _say(f"judges: {', '.join(j.id for j in judges)} (checking)")
     for judge in judges:
         judge.check()
-    write_settings(out, asdict(settings))
-    written = []
-    for suite_name, suite, plan in zip(settings.suites, suites, plans, strict=True):
-        suite_out = out if len(suites) == 1 else out / _slug(suite.name)
-        log = _generate_and_judge(model, suite_name, plan, settings, suite_out)
-        written.append(_write_from_log(log, suite_name, model, settings, suite_out))
+    with run_dir_lock(out):
+        _check_run_dir(out, settings)  # again: another run may have written it meanwhile
+        write_settings(out, asdict(settings))
+        written = []
+        for suite_name, suite, plan in zip(settings.suites, suites, plans, strict=True):
+            suite_out = out if len(suites) == 1 else out / _slug(suite.name)
+            log = _generate_and_judge(model, suite_name, plan, settings, suite_out)
+            written.append(_write_from_log(log, suite_name, model, settings, suite_out))
     return written
 
 

@@ -345,6 +345,8 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
     )
     done_before = wait_for_a_finished_sample(proc, out / "logs")
     assert done_before, "no sample finished before the deadline"
+    # a second run on the same dir meanwhile would resume the first's log beside it
+    one_line_error(emeval(*args), "is in use by another emeval run")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     # Ctrl-C is the usual way to stop a run: one line saying how to resume, the shell's code
