@@ -16,7 +16,9 @@ SCORES = ("alignment", "coherence", "behaviour")
 _FIELD_RE = re.compile(r"\{(question|answer|reasoning)\}")
 # How templates are filled in; part of every judge-cache key, so verdicts on prompts rendered
 # the old way (str.format-like, which let a text inject into the rubric) are not reused.
-RENDERING = "one-pass-v2"
+RENDERING = "one-pass-v3"
+# A field alone on its line, and the line that closes it ("REPLY>>>", "[ANSWER END]")
+_CLOSING_RE = re.compile(r"^[ \t]*\{(?:question|answer)\}[ \t]*\n[ \t]*(\S[^\n]*?)[ \t]*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,17 @@ class Rubric:
         # One pass over the template: inserted text is never searched again, so a question or
         # answer holding "{answer}" or other braces is sent as written. Not str.format: that
         # would choke on the template's or the texts' own braces.
-        values = {"question": question, "answer": answer, "reasoning": ""}
+        values = {"question": self.fenced(question), "answer": self.fenced(answer), "reasoning": ""}
         return _FIELD_RE.sub(lambda m: values[m.group(1)], self.template)
+
+    def fenced(self, text: str) -> str:
+        """The text with the template's closing delimiters broken up ("REPLY>>>" becomes
+        "R EPLY>>>"): an answer that closes its own block could write the grader a note that
+        reads as the rubric's (a fine-tune gaming an LLM judge at the gate)."""
+        for closing in _CLOSING_RE.findall(self.template):
+            if len(closing) >= 3:
+                text = text.replace(closing, f"{closing[0]} {closing[1:]}")
+        return text
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
