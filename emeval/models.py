@@ -397,7 +397,8 @@ def check_served(inspect_model: str, model_args: dict | None = None, role: str =
         return
     from inspect_ai.model import GenerateConfig, get_model
 
-    config = GenerateConfig(max_retries=0, timeout=PING_SECONDS, max_tokens=8, temperature=0.0)
+    # no temperature: some reasoning models refuse any but their own; any reply will do
+    config = GenerateConfig(max_retries=0, timeout=PING_SECONDS, max_tokens=8)
 
     async def ping() -> None:
         model = get_model(inspect_model, memoize=False, config=config, **(model_args or {}))
