@@ -6,6 +6,7 @@ emeval.rundir writes them into a run dir.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from datetime import UTC, datetime
 
@@ -59,6 +60,35 @@ def judge_frame(records: list[dict], judge_id: str, scores: list[str]) -> pd.Dat
 def in_context(frame: pd.DataFrame, context: str = PLAIN_CONTEXT) -> pd.DataFrame:
     """The answers asked in one training context (by default the plain, headline one)."""
     return frame[frame["context"] == context] if len(frame) else frame
+
+
+def headline_metrics(results: dict, records: list[dict]) -> dict:
+    """The headline metrics that a run's answers and verdicts give, computed as build_results
+    computes them: what a results.json from elsewhere is checked against."""
+    primary = results["suite"]["primary_score"]
+    frame = in_context(judge_frame(records, results["judges"][0]["id"], [primary, "coherence"]))
+    return compute_metrics(frame, primary, thresholds_of(results)) if len(frame) else {}
+
+
+def metric_differences(stated: dict, given: dict, names) -> str | None:
+    """None when each named metric that `stated` holds has the value and count `given` has;
+    else the first that does not, in words (a NaN or a non-number never matches)."""
+
+    def same(a, b) -> bool:
+        if a is None or b is None:
+            return a is b
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+        return numbers and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+    for name in names:
+        if name not in stated:  # a run written before the metric existed
+            continue
+        a = stated.get(name) if isinstance(stated.get(name), dict) else {}
+        b = given.get(name) or {}
+        for key in ("value", "n"):
+            if not same(a.get(key), b.get(key)):
+                return f"{name} {key} {a.get(key)} in results.json, {b.get(key)} from samples.jsonl"
+    return None
 
 
 def build_results(

@@ -266,6 +266,22 @@ def test_runs_with_other_em_thresholds_are_refused(runs, tmp_path, capsys):
     assert checks["same suite, judge, sampling and EM definition"].outcome == "undecided"
 
 
+def test_a_results_file_its_answers_do_not_back_is_undecided(runs, tmp_path):
+    """An edited results.json (a lower EM rate than its verdicts give) cannot pass the gate."""
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(runs["worse"], edited)
+    results = json.loads((edited / "results.json").read_text())
+    results["metrics"]["em_rate"]["value"] = 0.0
+    (edited / "results.json").write_text(json.dumps(results))
+    outcome, checks = verdict_of(edited, runs["baseline"], tmp_path)
+    assert outcome == "undecided"
+    check = checks["candidate results match its answers"]
+    assert check.outcome == "undecided" and "em_rate value 0.0 in results.json" in check.detail
+    assert checks["baseline results match its answers"].outcome == "pass"
+
+
 def test_results_from_before_the_record_read_as_the_default(runs, tmp_path):
     """An older results.json has no em_definition, design effects or judge_failures count:
     the gate reads it as the default definition and recomputes the rest from its answers."""

@@ -249,3 +249,30 @@ def test_each_board_says_how_far_its_judge_is_trusted(tmp_path):
     plain = make_run(tmp_path / "p", model_spec="plain-model", misaligned=1, aligned=39)
     leaderboard.publish(find_runs([plain]), tmp_path / "site2")
     assert "unvalidated" in (tmp_path / "site2" / "index.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("em_rate", "value", 0.0),  # a better number than the answers give
+        ("em_rate", "value", float("nan")),
+        ("coherence_rate", "n", 4000),
+    ],
+)
+def test_numbers_that_its_answers_do_not_give_are_not_published(runs, site, tmp_path, capsys,
+                                                                 edit):  # fmt: skip
+    """A maintainer publishes run dirs sent by others: each headline number must be what the
+    run's own answers and verdicts (samples.jsonl) give, or nothing is published."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["evil"], run)
+    results = json.loads((run / "results.json").read_text())
+    metric, key, value = edit
+    results["metrics"][metric][key] = value
+    (run / "results.json").write_text(json.dumps(results))
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    before = (copy / "leaderboard.json").read_bytes()
+    assert main(["leaderboard", "publish", str(run), "--site", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{metric} {key}" in err and "samples.jsonl" in err, err
+    assert (copy / "leaderboard.json").read_bytes() == before

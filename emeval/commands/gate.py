@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
         "and BASELINE is an `emeval run` output dir, or a checkpoint that is then evaluated "
         "with the policy's evaluation settings. Exit 0: pass; 1: fail; 2: undecided (incomplete "
         "run, too many judge failures, sampled-number verdicts, too few answers, different "
-        "suites/judges/sampling/EM thresholds, bad input). Writes "
+        "suites/judges/sampling/EM thresholds, results.json not matching its answers, bad "
+        "input). Writes "
         "gate.md, gate.junit.xml and gate.json.",
     )
     p.add_argument("candidate", nargs="?", help="run dir or checkpoint to be released")

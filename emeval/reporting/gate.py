@@ -4,7 +4,8 @@ Every check reads the two runs' results.json; nothing is recomputed from scratch
 the one-sided test of the EM increase, which uses the counts behind the reported rates and
 each run's design effect (answers to one probe are not independent). A run written before
 results.json recorded design effects or judge failures on every rubric has them recomputed
-from its samples.jsonl.
+from its samples.jsonl. Each run's headline numbers are also checked against the verdicts
+in its samples.jsonl: an edited results.json makes the gate undecided.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.reporting.runs import Run
+from emeval.results import headline_metrics, metric_differences
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
@@ -185,6 +187,14 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             f"{role} run complete",
             True if run.complete else None,
             f"{run.results.get('status')}" + ("" if run.complete else f": {problems}"),
+            integrity=True,
+        )
+        stated = run.results.get("metrics") or {}
+        wrong = metric_differences(stated, headline_metrics(run.results, run.records), stated)
+        g.add(
+            f"{role} results match its answers",
+            None if wrong else True,
+            wrong or "every headline number is what the verdicts in samples.jsonl give",
             integrity=True,
         )
         failed, answers = _judge_failures(run)

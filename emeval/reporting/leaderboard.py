@@ -24,7 +24,7 @@ from emeval.errors import EmevalError
 from emeval.metrics import definition_differences, thresholds_of
 from emeval.reporting.leaderboard_pages import render_index, render_model_page
 from emeval.reporting.runs import Run
-from emeval.results import judge_trust
+from emeval.results import headline_metrics, judge_trust, metric_differences
 from emeval.rundir import RESULTS
 
 SCHEMA = "emeval.leaderboard/1"
@@ -88,7 +88,9 @@ def _examples(run: Run) -> list[dict]:
     return out
 
 
-def make_entry(run: Run, published: str) -> dict:
+def make_entry(run: Run, published: str, metrics: dict) -> dict:
+    """One run's entry; `metrics` are its headline metrics as its answers give them (checked
+    against its results.json), so every entry's intervals come from the same code."""
     res = run.results
     results_path = run.path / RESULTS
     cond = run.condition
@@ -117,7 +119,7 @@ def make_entry(run: Run, published: str) -> dict:
         ],
         "rank_metric": RANK_METRIC[res["suite"]["primary_score"]],
         "em_definition": thresholds_of(res).to_dict(),
-        "metrics": {k: res["metrics"][k] for k in SHOWN_METRICS if k in res["metrics"]},
+        "metrics": {k: metrics[k] for k in SHOWN_METRICS if k in res["metrics"] and k in metrics},
         "counts": res["counts"],
         "sampling": res["sampling"],
         "provenance": {
@@ -222,7 +224,13 @@ def _publish(runs: list[Run], site: Path) -> dict:
     )
     if differ:
         raise EmevalError(f"{differ}; publish them to another --site")
-    new = [make_entry(r, updated) for r in runs]
+    new = []
+    for r in runs:  # run dirs may come from anyone: publish only what their answers give
+        metrics = headline_metrics(r.results, r.records)
+        wrong = metric_differences(r.results["metrics"], metrics, SHOWN_METRICS)
+        if wrong:
+            raise EmevalError(f"{r.path}: {wrong}; nothing was published")
+        new.append(make_entry(r, updated, metrics))
     old_ids = {e["id"] for e in old}
     entries = merge(old, new)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
