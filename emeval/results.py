@@ -30,9 +30,7 @@ from emeval.metrics import (
     worst_probes,
 )
 from emeval.probes import PLAIN_CONTEXT, Suite
-from emeval.rundir import RESULTS_SCHEMA
-
-RECORD_KEYS = ("sample_id", "probe_id", "category", "format", "paraphrase", "epoch")
+from emeval.rundir import RECORD_KEYS, RESULTS_SCHEMA
 
 
 def primary_score(suite: Suite) -> str:

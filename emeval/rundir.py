@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.jsonl import read_jsonl
+from emeval.jsonl import numbered_rows
 
 RESULTS_SCHEMA = "emeval.results/1"
 
@@ -41,6 +41,8 @@ RESULTS = "results.json"
 RESULTS_INCOMPLETE = "results.incomplete.json"
 SUMMARY = "summary.md"
 CONDITION = "condition.json"
+# what identifies each answer in samples.jsonl (beside question, answer, context and judges)
+RECORD_KEYS = ("sample_id", "probe_id", "category", "format", "paraphrase", "epoch")
 RUN_LOCK = ".emeval.lock"
 
 # a training output dir
@@ -124,8 +126,22 @@ def write_run(out: Path, results: dict, records: list[dict], summary: str) -> Pa
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """The run's answers (samples.jsonl)."""
-    return read_jsonl(run_dir / SAMPLES)
+    """The run's answers (samples.jsonl); a row that is not an answer with its verdicts is one
+    error naming its line (run dirs reach the report, gate and leaderboard from anyone)."""
+    path = run_dir / SAMPLES
+    records = []
+    for n, row in numbered_rows(path):
+        missing = [k for k in (*RECORD_KEYS, "judges") if k not in row]
+        if missing:
+            raise EmevalError(f"{path}:{n}: not an answer record (no {', '.join(missing)})")
+        verdicts = row["judges"]
+        if not (isinstance(verdicts, dict) and all(
+            isinstance(scores, dict) and all(
+                isinstance(v, dict) and "score" in v and "status" in v for v in scores.values())
+            for scores in verdicts.values())):  # fmt: skip
+            raise EmevalError(f"{path}:{n}: judges must hold each judge's verdicts (score, status)")
+        records.append(row)
+    return records
 
 
 def read_results(run_dir: Path) -> dict:

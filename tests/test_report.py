@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from reporting_fixtures import make_run, write_checkpoint
@@ -382,3 +383,26 @@ def test_markdown_shows_crafted_model_names_as_text(tmp_path):
         text = (out / name).read_text()
         assert "<img" not in text and "<script>" not in text, name
         assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in text, name
+
+
+def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
+    """samples.jsonl reaches the report, the gate and the leaderboard from anyone: a row that
+    is JSON but not an answer with its verdicts is named by line, never a crash."""
+    good = make_run(tmp_path / "good", model_spec="m", misaligned=4, aligned=36)
+    for edit, words in ((lambda r: r.pop("epoch"), "not an answer record (no epoch)"),
+                        (lambda r: r.update(judges="x"), "judges must hold")):  # fmt: skip
+        run = tmp_path / "bad"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(good, run)
+        rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+        edit(rows[1])
+        (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        commands = (
+            ["report", str(run), "--out", str(tmp_path / "o")],
+            ["gate", str(run), "--baseline", str(good), "--out", str(tmp_path / "g")],
+            ["leaderboard", "publish", str(run), "--site", str(tmp_path / "s")],
+        )
+        for command in commands:
+            assert main(command) == 2, command
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and "samples.jsonl:2: " + words in err, (command, err)
