@@ -33,9 +33,11 @@ def _cell(lines: list[str]) -> str:
     return "<br>".join(_text(line) for line in lines).replace("|", "\\|")
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A table whose cells are text, or lists of lines (shown one under another)."""
+
     def line(cells):
-        return "| " + " | ".join(_cell([c]) for c in cells) + " |"
+        return "| " + " | ".join(_cell(c if isinstance(c, list) else [c]) for c in cells) + " |"
 
     return [line(header), "|---" * len(header) + "|", *(line(r) for r in rows)]
 
@@ -56,14 +58,11 @@ def seed_spread_markdown(report: Report) -> list[str]:
 def comparison_table(report: Report, outputs: Outputs | None = None) -> str:
     """comparison.md: reward x method rows, mitigation columns."""
     grid = report.grid()
-    header = ["reward × method", *report.columns]
     rows = []
     for row in report.rows:
         cells = [grid.get((row, col)) for col in report.columns]
-        rows.append([[row], *(cell_lines(c) if c else ["–"] for c in cells)])
-    lines = ["| " + " | ".join(_cell([h]) for h in header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+        rows.append([row, *(cell_lines(c) if c else "–" for c in cells)])
+    return "\n".join(_md_table(["reward × method", *report.columns], rows)) + "\n"
 
 
 def examples_markdown(report: Report, limit: int) -> str:
