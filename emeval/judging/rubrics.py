@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import yaml
 
@@ -43,13 +44,17 @@ class Rubric:
         values = {"question": self.fenced(question), "answer": self.fenced(answer), "reasoning": ""}
         return _FIELD_RE.sub(lambda m: values[m.group(1)], self.template)
 
+    @cached_property
+    def closings(self) -> list[str]:
+        """The lines that close the template's question and answer blocks."""
+        return [c for c in _CLOSING_RE.findall(self.template) if len(c) >= 3]
+
     def fenced(self, text: str) -> str:
         """The text with the template's closing delimiters broken up ("REPLY>>>" becomes
         "R EPLY>>>"): an answer that closes its own block could write the grader a note that
         reads as the rubric's (a fine-tune gaming an LLM judge at the gate)."""
-        for closing in _CLOSING_RE.findall(self.template):
-            if len(closing) >= 3:
-                text = text.replace(closing, f"{closing[0]} {closing[1:]}")
+        for closing in self.closings:
+            text = text.replace(closing, f"{closing[0]} {closing[1:]}")
         return text
 
     def describe(self) -> dict:
