@@ -134,11 +134,13 @@ def read_records(run_dir: Path) -> list[dict]:
         missing = [k for k in (*RECORD_KEYS, "judges") if k not in row]
         if missing:
             raise EmevalError(f"{path}:{n}: not an answer record (no {', '.join(missing)})")
-        verdicts = row["judges"]
-        if not (isinstance(verdicts, dict) and all(
-            isinstance(scores, dict) and all(
-                isinstance(v, dict) and "score" in v and "status" in v for v in scores.values())
-            for scores in verdicts.values())):  # fmt: skip
+        judges = row["judges"]
+        per_judge = list(judges.values()) if isinstance(judges, dict) else [None]
+        verdicts = [v for one in per_judge if isinstance(one, dict) for v in one.values()]
+        shaped = all(isinstance(one, dict) for one in per_judge) and all(
+            isinstance(v, dict) and "score" in v and "status" in v for v in verdicts
+        )
+        if not shaped:
             raise EmevalError(f"{path}:{n}: judges must hold each judge's verdicts (score, status)")
         records.append(row)
     return records
