@@ -230,6 +230,12 @@ def _generate_and_judge(
 
     log_dir = out / LOGS
     previous = list_eval_logs(str(log_dir)) if log_dir.exists() else []
+    if previous and not _readable_log(previous[0]):
+        # a log cut off mid-write (the process killed outright) cannot be resumed; keep it aside
+        path = Path(previous[0].name.removeprefix("file://"))
+        path.rename(path.with_name(path.name + ".unreadable"))
+        _say(f"{path.name} could not be read; kept as {path.name}.unreadable, starting again")
+        previous = []
     common = dict(
         log_dir=str(log_dir),
         max_connections=s.max_connections,
@@ -272,6 +278,16 @@ def _generate_and_judge(
         close_engines()  # stop the engine's worker now: one still generating at exit aborts
         raise KeyboardInterrupt
     return logs[0]
+
+
+def _readable_log(info) -> bool:
+    from inspect_ai.log import read_eval_log
+
+    try:
+        read_eval_log(info, header_only=True)
+    except Exception:  # noqa: BLE001 - any failure to parse means the same: not resumable
+        return False
+    return True
 
 
 def records_from_log(log) -> list[dict]:

@@ -70,16 +70,19 @@ def wait_for_a_finished_sample(proc, logs_dir: Path, timeout: float = 600) -> li
     """Poll a running eval's Inspect log until a sample has finished (or the process ended);
     return the finished samples' summaries."""
     import time
+    import zipfile
 
     from inspect_ai.log import list_eval_logs, read_eval_log_sample_summaries
 
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         logs = list_eval_logs(str(logs_dir)) if logs_dir.exists() else []
-        if logs:
-            done = read_eval_log_sample_summaries(logs[0])
-            if done:
-                return done
+        try:
+            done = read_eval_log_sample_summaries(logs[0]) if logs else []
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile):
+            done = []  # caught while Inspect rewrites the log: read it again next time
+        if done:
+            return done
         time.sleep(1)
     return []
 

@@ -370,3 +370,23 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
     for key, answer in kept.items():
         assert answers[key] == answer  # finished samples were not generated again
     assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_log_cut_off_mid_write_is_kept_aside_and_the_run_starts_again(tmp_path):
+    """A process killed outright can leave a half-written Inspect log: the rerun says so, keeps
+    the file beside the new one and generates again, rather than failing on it forever."""
+    out = tmp_path / "run"
+    args = ["run", "--limit", "2", "--samples", "1", "--max-tokens", "8", "--out", out]
+    first = emeval(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (log,) = (out / "logs").glob("*.eval")
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) // 2])
+    (out / "results.json").unlink()
+
+    again = emeval(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{log.name} could not be read; kept as {log.name}.unreadable" in again.stdout
+    assert (out / "logs" / f"{log.name}.unreadable").read_bytes() == data[: len(data) // 2]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and results["counts"]["samples"] == 2
