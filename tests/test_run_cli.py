@@ -390,3 +390,35 @@ def test_a_log_cut_off_mid_write_is_kept_aside_and_the_run_starts_again(tmp_path
     assert (out / "logs" / f"{log.name}.unreadable").read_bytes() == data[: len(data) // 2]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete" and results["counts"]["samples"] == 2
+
+
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_kill_stops_a_run_as_ctrl_c_does(tmp_path, sigint):
+    """`kill PID` (SIGTERM) mid-generation: the same line and exit code as Ctrl-C and a log
+    that does not look finished, also when the run was started with SIGINT ignored (a shell's
+    background job), where raising SIGINT instead would do nothing."""
+    import signal
+
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    out = tmp_path / "run"
+    mode = signal.SIG_DFL if sigint == "handled" else signal.SIG_IGN
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emeval.cli", "run", "--limit", "3", "--max-connections", "1",
+         "--max-tokens", "24", "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "EMEVAL_TEST_HOLD": f"1:{tmp_path / 'never-created'}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, mode),
+    )  # fmt: skip
+    assert wait_for_a_finished_sample(proc, out / "logs"), "no sample finished before the deadline"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert err.strip().splitlines()[-1] == (
+        "emeval: interrupted; run the same command again to resume"
+    ), err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
+    assert not (out / "results.json").exists()
+    assert read_eval_log(list_eval_logs(str(out / "logs"))[0]).status != "success"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 
@@ -53,9 +52,6 @@ def experiment_command(args) -> int:
         print(f"{len(grid.cells)} cells; output: {out}")
         return 0
     experiment = Experiment(grid, out)
-    # `kill` (SIGTERM) stops a grid as Ctrl-C does, so the running cell's process is stopped
-    # with it instead of being left running on its own
-    signal.signal(signal.SIGTERM, _interrupt)
     status = experiment.run()
     report = experiment.report()
     print(f"\n{'cell':<60} state")
@@ -67,7 +63,3 @@ def experiment_command(args) -> int:
         print(f"report: {report}")
     failed = [n for n, e in status.items() if e.get("state") == "failed"]
     return 1 if failed else 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
