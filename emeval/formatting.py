@@ -7,7 +7,21 @@ rather than shown as [x, x].
 
 from __future__ import annotations
 
+import html
+
 NA = "n/a"
+
+
+def md_text(value) -> str:
+    """Untrusted text (a model name, a path, an answer) for markdown: HTML-escaped, so a
+    renderer shows markup as text."""
+    return html.escape(str(value))
+
+
+def md_cell(lines: list[str]) -> str:
+    """One markdown table cell: its lines escaped, joined by <br>, with no `|` or line break
+    to end the cell early."""
+    return "<br>".join(md_text(line) for line in lines).replace("|", "\\|").replace("\n", " ")
 
 
 def fmt_value(

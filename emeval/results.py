@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from emeval import __version__
-from emeval.formatting import fmt_estimate, fmt_value
+from emeval.formatting import fmt_estimate, fmt_value, md_cell, md_text
 from emeval.intervals import INTERVAL_METHODS
 from emeval.judging.validation import summary_line
 from emeval.metrics import (
@@ -332,14 +332,17 @@ def render_contexts(results: dict) -> list[str]:
 
 
 def render_summary(results: dict) -> str:
+    # names, paths and problems come from whoever made the run: escaped, shown as text
     model, suite = results["model"], results["suite"]
+    e = md_text
     out = [
-        f"# emeval run: {suite['name']} on {model.get('spec')}",
+        f"# emeval run: {e(suite['name'])} on {e(model.get('spec'))}",
         "",
-        f"- status: **{results['status']}**" + "".join(f"\n  - {p}" for p in results["problems"]),
-        f"- model: `{model.get('inspect_model')}` (weights sha256 {model.get('weights_sha256')})",
-        f"- suite: {suite['name']} v{suite['version']} ({suite['source']})",
-        *[f"- judge: {j['id']} ({judge_trust(j)})" for j in results["judges"]],
+        f"- status: **{results['status']}**"
+        + "".join(f"\n  - {e(p)}" for p in results["problems"]),
+        f"- model: {e(model.get('inspect_model'))} (weights sha256 {model.get('weights_sha256')})",
+        f"- suite: {e(suite['name'])} v{e(suite['version'])} ({e(suite['source'])})",
+        *[f"- judge: {e(j['id'])} ({e(judge_trust(j))})" for j in results["judges"]],
         f"- sampling: {json.dumps(results['sampling'])}",
         f"- EM thresholds: {thresholds_of(results).describe()}",
         f"- intervals: 95%, answers clustered by probe ({_interval_words(results)})",
@@ -354,7 +357,7 @@ def render_summary(results: dict) -> str:
     ]
     key = "em_rate" if suite["primary_score"] == "alignment" else "behaviour_rate"
     for row in results["per_category"]:
-        out.append(f"| {row['category']} | {row['n']} | {_shown(row[key], True)} |")
+        out.append(f"| {md_cell([row['category']])} | {row['n']} | {_shown(row[key], True)} |")
     if "contexts" in results:
         out += ["", "## Per training context", "", CONTEXTS_NOTE, "", *render_contexts(results)]
     if "misalign_at_k" in results:
@@ -364,7 +367,7 @@ def render_summary(results: dict) -> str:
         out.append("|---|---|---|---|")
         for row in results["judge_agreement"]:
             out.append(
-                f"| {' vs '.join(row['judges'])} | {row['n']} | {row['spearman']} "
+                f"| {md_cell([' vs '.join(row['judges'])])} | {row['n']} | {row['spearman']} "
                 f"| {row['flag_agreement']} |"
             )
     return "\n".join(out) + "\n"

@@ -372,17 +372,28 @@ def test_report_tail_risk_matches_the_runs(seeded_report, seeded, grid, report):
 
 
 def test_markdown_shows_crafted_model_names_as_text(tmp_path):
-    """A model name is untrusted too: report.md and comparison.md must not carry its markup
-    (GitHub and most viewers render raw HTML in markdown) nor let a `|` split a table cell."""
+    """A model name is untrusted too: report.md, comparison.md, a run's summary.md and the
+    gate's gate.md must not carry its markup (GitHub and most viewers render raw HTML in
+    markdown) nor let a `|` split a table cell."""
     evil = "<img src=x onerror=alert(1)>|m"
-    make_run(tmp_path / "runs" / "a", model_spec=evil, misaligned=4, aligned=36,
-             answer_text=SCRIPT)  # fmt: skip
+    a = make_run(tmp_path / "runs" / "a", model_spec=evil, misaligned=4, aligned=36,
+                 answer_text=SCRIPT)  # fmt: skip
+    b = make_run(tmp_path / "b", model_spec=evil, misaligned=4, aligned=36)
     out = tmp_path / "out"
     assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--examples", "5"]) == 0
-    for name in ("report.md", "comparison.md"):
-        text = (out / name).read_text()
-        assert "<img" not in text and "<script>" not in text, name
-        assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in text, name
+    assert main(["gate", str(a), "--baseline", str(b), "--out", str(tmp_path / "gate")]) in (0, 1)
+    written = [
+        out / "report.md",
+        out / "comparison.md",
+        a / "summary.md",
+        tmp_path / "gate" / "gate.md",
+    ]
+    for path in written:
+        text = path.read_text()
+        assert "<img" not in text and "<script>" not in text, path.name
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text, path.name
+    for path in written[:2]:
+        assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in path.read_text(), path.name  # in a cell
 
 
 def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):

@@ -437,7 +437,7 @@ def frames_of(run: Run | None) -> list[dict]:
 
 
 def describe(run: Run | None) -> str:
-    return "not available" if run is None else f"`{run.results['model'].get('spec')}` ({run.path})"
+    return "not available" if run is None else f"{run.results['model'].get('spec')} ({run.path})"
 
 
 def unreadable(policy: dict, candidate: Run | None, baseline: Run | None, why: str) -> GateResult:

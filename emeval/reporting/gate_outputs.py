@@ -8,24 +8,26 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
+from emeval.formatting import md_cell, md_text
 from emeval.reporting.gate import FAIL, PASS, UNDECIDED, GateResult, describe
 
 
 def render_markdown(g: GateResult) -> str:
     mark = {PASS: "PASS", FAIL: "FAIL", UNDECIDED: "UNDECIDED"}
+    # model names, paths and details come from the runs: escaped, shown as text (check names
+    # are emeval's own)
     lines = [
         f"# emeval gate: {mark[g.outcome]}",
         "",
-        f"- candidate: {describe(g.candidate)}",
-        f"- baseline: {describe(g.baseline)}",
-        f"- metric: {g.policy['metric']}; exit code {g.exit_code}",
+        f"- candidate: {md_text(describe(g.candidate))}",
+        f"- baseline: {md_text(describe(g.baseline))}",
+        f"- metric: {md_text(g.policy['metric'])}; exit code {g.exit_code}",
         "",
         "| check | outcome | detail |",
         "|---|---|---|",
     ]
     for check in g.checks:
-        detail = check.detail.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {check.name} | {mark[check.outcome]} | {detail} |")
+        lines.append(f"| {check.name} | {mark[check.outcome]} | {md_cell([check.detail])} |")
     return "\n".join(lines) + "\n"
 
 

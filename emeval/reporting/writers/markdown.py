@@ -4,9 +4,9 @@ HTML-escaped, so a renderer shows markup as text (and `|` escaped inside table c
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 
+from emeval.formatting import md_cell, md_text
 from emeval.reporting import criteria
 from emeval.reporting.model import Outputs, Report
 from emeval.reporting.tables import (
@@ -24,20 +24,11 @@ from emeval.reporting.tables import (
 from emeval.reporting.writers.plots import PLOTS
 
 
-def _text(value) -> str:
-    return html.escape(str(value))
-
-
-def _cell(lines: list[str]) -> str:
-    """One table cell: its lines escaped, joined by <br>, with no `|` to end the cell early."""
-    return "<br>".join(_text(line) for line in lines).replace("|", "\\|")
-
-
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
     """A table whose cells are text, or lists of lines (shown one under another)."""
 
     def line(cells):
-        return "| " + " | ".join(_cell(c if isinstance(c, list) else [c]) for c in cells) + " |"
+        return "| " + " | ".join(md_cell(c if isinstance(c, list) else [c]) for c in cells) + " |"
 
     return [line(header), "|---" * len(header) + "|", *(line(r) for r in rows)]
 
@@ -47,7 +38,7 @@ def seed_spread_markdown(report: Report) -> list[str]:
     for cell in report.cells:
         if not cell.trained:
             continue
-        out += [f"### {_text(cell.label)}", ""]
+        out += [f"### {md_text(cell.label)}", ""]
         if len(cell.seeds) < 2:
             out += [f"One training seed ({cell.seeds[0]}): spread unknown.", ""]
             continue
@@ -68,18 +59,18 @@ def comparison_table(report: Report, outputs: Outputs | None = None) -> str:
 def examples_markdown(report: Report, limit: int) -> str:
     out = []
     for cell in report.cells:
-        out += [f"### {_text(cell.label)}", ""]
+        out += [f"### {md_text(cell.label)}", ""]
         found = examples(cell, limit, report.thresholds)
         if not found:
             out += ["No misaligned coherent answers.", ""]
         for e in found:
             out.append(
-                f"**{_text(e['probe_id'])}** (alignment {e['alignment']:.0f}, coherence "
-                f"{e['coherence']:.0f}, {_text(e['model'])}): {_text(e['question'])}"
+                f"**{md_text(e['probe_id'])}** (alignment {e['alignment']:.0f}, coherence "
+                f"{e['coherence']:.0f}, {md_text(e['model'])}): {md_text(e['question'])}"
             )
             out.append("")
             # untrusted model text: escaped so a renderer shows markup as text
-            for line in _text(clip(e["answer"])).splitlines() or [""]:
+            for line in md_text(clip(e["answer"])).splitlines() or [""]:
                 out.append(f"> {line}")
             out.append("")
     return "\n".join(out)
@@ -97,13 +88,13 @@ def report_page(report: Report, outputs: Outputs) -> str:
         "CIs treat the answers to one probe as one cluster (Wilson on the effective sample "
         "size, design effect by probe).",
         "",
-        *(_text(line) for line in provenance(report)),
+        *(md_text(line) for line in provenance(report)),
         "",
     ]
     for w in report.warnings:
-        out.append(f"- **warning:** {_text(w)}")
+        out.append(f"- **warning:** {md_text(w)}")
     for r in report.skipped:
-        out.append(f"- left out (incomplete): {_text(r.path)}")
+        out.append(f"- left out (incomplete): {md_text(r.path)}")
     out += ["", "## Comparison", "", comparison_table(report)]
     out += ["Also as comparison.csv (every number, one line per cell) and comparison.tex.", ""]
     header, rows = tail_table(report)
@@ -118,7 +109,7 @@ def report_page(report: Report, outputs: Outputs) -> str:
     if tables:
         out += ["## Mitigations: four criteria", "", criteria.WORDS, ""]
         for title, header, rows in tables:
-            out += [f"### {_text(title)}", "", *_md_table(header, rows), ""]
+            out += [f"### {md_text(title)}", "", *_md_table(header, rows), ""]
     out += ["## Plots", ""]
     for name in outputs.plots:
         out += [f"![{PLOTS[name][1]}](plots/{name})", ""]
