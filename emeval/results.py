@@ -234,16 +234,19 @@ def _interval_words(results: dict) -> str:
     return f"rates: {methods.get('rates', 'wilson')}; means: {methods.get('means', 'bootstrap')}"
 
 
-def judge_trust(judge: dict) -> str:
-    """One line on how far a judge's numbers can be trusted (results.json's judges entry): its
-    validation figures for the rubrics it scored in this run."""
+def judge_trust(judge: dict, listed: bool = False) -> str:
+    """How far a judge's numbers can be trusted (results.json's judges entry): its validation
+    figures for the rubrics it scored in this run, in one line, or (listed) one reference set
+    per line for a terminal."""
     validation = judge.get("validation", "unvalidated")
     if not isinstance(validation, dict):
         return "unvalidated: no validation figures travel with this judge"
-    line = summary_line(validation, judge.get("rubrics"))
+    sep = "\n  - " if listed else "; "
+    line = summary_line(validation, judge.get("rubrics"), sep)
     if line is None:
         line = validation.get("summary", "see results.json")
-    return f"validation: {line or 'none recorded for the rubrics it scored'}"
+    line = line or "none recorded for the rubrics it scored"
+    return f"validation:{sep}{line}" if listed else f"validation: {line}"
 
 
 WORST_SHOWN = 5

@@ -390,6 +390,10 @@ def test_a_log_cut_off_mid_write_is_kept_aside_and_the_run_starts_again(tmp_path
     assert (out / "logs" / f"{log.name}.unreadable").read_bytes() == data[: len(data) // 2]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete" and results["counts"]["samples"] == 2
+    # the judge's validation figures follow the table, one reference set per line
+    trust = again.stdout.split(f"judge {results['judges'][0]['id']}: validation:\n")[1]
+    sets = [line for line in trust.splitlines() if line.startswith("  - ")]
+    assert len(sets) >= 3 and all("AUROC" in line for line in sets), again.stdout[-2000:]
 
 
 @pytest.mark.parametrize("sigint", ["handled", "ignored"])

@@ -148,7 +148,7 @@ def _print_results(path: Path) -> int:
         print("\nby training context (the table above is the plain one):")
         print("\n".join(render_contexts(results)))
     for judge in results["judges"]:
-        print(f"judge {judge['id']}: {judge_trust(judge)}")
+        print(f"judge {judge['id']}: {judge_trust(judge, listed=True)}")
     for problem in results["problems"]:
         print(f"  ! {problem}")
     print(f"results: {path}")

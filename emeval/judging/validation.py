@@ -357,8 +357,9 @@ def _summary(record: dict) -> str:
     return summary_line(record) or ""
 
 
-def summary_line(record: dict, rubrics=None) -> str | None:
-    """A judge's recorded validations as one line, shown beside every result it scores. With
+def summary_line(record: dict, rubrics=None, sep: str = "; ") -> str | None:
+    """A judge's recorded validations as one line (one reference set after another, `sep`
+    between), shown beside every result it scores. With
     `rubrics` (those a run scored), only the figures that concern them: the alignment and
     coherence sets for alignment or coherence, a behaviour set's figures for its own rubrics.
     None for a record not in this form (older or hand-written: show its own summary)."""
@@ -385,7 +386,7 @@ def summary_line(record: dict, rubrics=None) -> str | None:
                         for rubric, r in shown.items()
                     )
                 )
-        return "; ".join(parts)
+        return sep.join(parts)
     except (AttributeError, KeyError, TypeError, ValueError):  # a results file is untrusted input
         return None
 
