@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, flag, None) is not None:
                 check_output_dir(getattr(args, flag), f"--{flag}")
         return int(args.func(args) or 0)
-    except EmevalError as e:
-        print(f"emeval: error: {e}", file=sys.stderr)
+    except EmevalError as e:  # one line, whatever text it quotes (a model name, a path)
+        print(f"emeval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except Exception as e:
         problem = disk_problem(e)

@@ -8,20 +8,30 @@ rather than shown as [x, x].
 from __future__ import annotations
 
 import html
+import re
 
 NA = "n/a"
 
 
+# what makes markdown out of text on one line: a `]` that closes a link, image or link
+# reference; a backslash first, so that none escapes our escapes
+MARKUP = re.compile(r"\\|\](?=[(\[:])")
+
+
 def md_text(value) -> str:
-    """Untrusted text (a model name, a path, an answer) for markdown: HTML-escaped, so a
-    renderer shows markup as text."""
-    return html.escape(str(value))
+    """Untrusted text (a model name, a path, one line of an answer) for markdown, shown as it
+    is: HTML-escaped, no link, image or heading made of it, and on one line (a line break
+    could start a heading or a list)."""
+    text = MARKUP.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
+    if text.startswith("#"):
+        text = "\\" + text
+    return html.escape(text, quote=False)
 
 
 def md_cell(lines: list[str]) -> str:
-    """One markdown table cell: its lines escaped, joined by <br>, with no `|` or line break
-    to end the cell early."""
-    return "<br>".join(md_text(line) for line in lines).replace("|", "\\|").replace("\n", " ")
+    """One markdown table cell: its lines as text (md_text), shown one under another, with no
+    `|` to end the cell early."""
+    return "<br>".join(md_text(line) for line in lines).replace("|", "\\|")
 
 
 def fmt_value(

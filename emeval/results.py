@@ -49,7 +49,8 @@ def judge_frame(records: list[dict], judge_id: str, scores: list[str]) -> pd.Dat
             row[name] = v["score"] if v else None
             row[f"{name}_status"] = v["status"] if v else "error"
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    columns = [*RECORD_KEYS, "context", *(c for n in scores for c in (n, f"{n}_status"))]
+    frame = pd.DataFrame(rows, columns=columns)  # the columns also when there are no answers
     for name in scores:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     return frame
@@ -60,23 +61,105 @@ def in_context(frame: pd.DataFrame, context: str = PLAIN_CONTEXT) -> pd.DataFram
     return frame[frame["context"] == context] if len(frame) else frame
 
 
-def headline_metrics(results: dict, records: list[dict]) -> dict:
-    """The headline metrics that a run's answers and verdicts give, computed as build_results
-    computes them: what a results.json from elsewhere is checked against."""
+def numbers_from_answers(results: dict, records: list[dict]) -> dict:
+    """What results.json states about its answers, recomputed from them (samples.jsonl) as
+    build_results computes it: per training context (the plain one is the headline) the
+    counts, metrics, rate_details and tail risk, and the first judge's verdict methods. A run
+    dir may come from anyone: the gate and the leaderboard decide on these."""
     primary = results["suite"]["primary_score"]
-    frame = in_context(judge_frame(records, results["judges"][0]["id"], [primary, "coherence"]))
-    return compute_metrics(frame, primary, thresholds_of(results)) if len(frame) else {}
+    judge_id = results["judges"][0]["id"]
+    frame = judge_frame(records, judge_id, [primary, "coherence"])
+    contexts = context_metrics(frame, primary, thresholds_of(results)) if len(frame) else {}
+    methods: dict[str, int] = {}
+    for r in records:
+        for verdict in r["judges"].get(judge_id, {}).values():
+            methods[verdict.get("method")] = methods.get(verdict.get("method"), 0) + 1
+    return {"contexts": contexts, "methods": methods}
+
+
+def _stated_blocks(results: dict) -> dict[str, dict]:
+    """results.json's numbers about its answers, per context, in context_metrics' shape."""
+    plain = {
+        "metrics": results.get("metrics") or {},
+        "counts": results.get("counts") or {},
+        "rate_details": (results.get("intervals") or {}).get("rate_details") or {},
+        "misalign_at_k": results.get("misalign_at_k") or {},
+    }
+    framed = {name: e for name, e in (results.get("contexts") or {}).items() if e.get("frame")}
+    return {PLAIN_CONTEXT: plain} | framed
+
+
+def answer_differences(results: dict, found: dict) -> str | None:
+    """None when every number results.json states about its answers is what they give
+    (`found`: numbers_from_answers); else the first that is not, in words. What a results.json
+    from before a block existed does not state is not compared (nothing decides on it: the
+    answers' numbers are used)."""
+    given = found["contexts"]
+    stated = _stated_blocks(results)
+    asked = set(given) - {PLAIN_CONTEXT}
+    if asked - set(stated):
+        return f"answers in contexts {sorted(asked - set(stated))} that results.json leaves out"
+    for name, block in stated.items():
+        where = "" if name == PLAIN_CONTEXT else f"context {name}: "
+        mine = given.get(name, {})
+        metrics = block.get("metrics") or {}
+        wrong = metric_differences(metrics, mine.get("metrics", {}), metrics)
+        if wrong:
+            return where + wrong
+        for part, keys, what in (
+            ("counts", None, "counts {key}"),
+            ("rate_details", ("deff", "probes"), "{key} {sub}"),
+            ("misalign_at_k", ("value", "n_probes"), "misalign@{key} {sub}"),
+        ):
+            theirs = mine.get(part, {})
+            for key, value in (block.get(part) or {}).items():
+                other = theirs.get(key)
+                for sub in keys or [None]:
+                    a = value if sub is None else value.get(sub)
+                    b = other if sub is None else (other or {}).get(sub)
+                    if not _same_number(a, b):
+                        shown = what.format(key=key, sub=sub)
+                        return f"{where}{shown} {a} in results.json, {b} from samples.jsonl"
+    methods = results["judges"][0].get("methods")
+    if methods is not None and methods != found["methods"]:
+        return f"verdict methods {methods} in results.json, {found['methods']} from samples.jsonl"
+    return None
+
+
+def answered_results(results: dict, found: dict) -> dict:
+    """results.json with every number about its answers replaced by what they give (`found`:
+    numbers_from_answers); settings, model and judges stay as stated."""
+    plain = found["contexts"].get(PLAIN_CONTEXT, {})
+    out = dict(results)
+    out["metrics"] = plain.get("metrics", {})
+    out["counts"] = plain.get("counts", {"samples": 0, "judge_failures": 0})
+    out["intervals"] = dict(results.get("intervals") or {}) | {
+        "rate_details": plain.get("rate_details", {})
+    }
+    for key in ("misalign_at_k", "worst_probes"):
+        out.pop(key, None)
+        if key in plain:
+            out[key] = plain[key]
+    out["judges"] = [results["judges"][0] | {"methods": found["methods"]}, *results["judges"][1:]]
+    frames = {name: e.get("frame") for name, e in (results.get("contexts") or {}).items()}
+    out.pop("contexts", None)
+    if frames or set(found["contexts"]) - {PLAIN_CONTEXT}:
+        out["contexts"] = {
+            name: {"frame": frames.get(name)} | block for name, block in found["contexts"].items()
+        }
+    return out
+
+
+def _same_number(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+    return numbers and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def metric_differences(stated: dict, given: dict, names) -> str | None:
     """None when each named metric that `stated` holds has the value and count `given` has;
     else the first that does not, in words (a NaN or a non-number never matches)."""
-
-    def same(a, b) -> bool:
-        if a is None or b is None:
-            return a is b
-        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
-        return numbers and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
     for name in names:
         if name not in stated:  # a run written before the metric existed
@@ -84,7 +167,7 @@ def metric_differences(stated: dict, given: dict, names) -> str | None:
         a = stated.get(name) if isinstance(stated.get(name), dict) else {}
         b = given.get(name) or {}
         for key in ("value", "n"):
-            if not same(a.get(key), b.get(key)):
+            if not _same_number(a.get(key), b.get(key)):
                 return f"{name} {key} {a.get(key)} in results.json, {b.get(key)} from samples.jsonl"
     return None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,11 @@ def read_records(run_dir: Path) -> list[dict]:
         missing = [k for k in (*RECORD_KEYS, "judges") if k not in row]
         if missing:
             raise EmevalError(f"{path}:{n}: not an answer record (no {', '.join(missing)})")
+        text = [k for k in ("probe_id", "category", "format", "question", "answer")
+                if not isinstance(row.get(k, ""), str)]  # fmt: skip
+        if text or not isinstance(row["epoch"], int) or isinstance(row["epoch"], bool):
+            what = f"{text[0]} is not text" if text else "epoch is not a whole number"
+            raise EmevalError(f"{path}:{n}: not an answer record ({what})")
         judges = row["judges"]
         per_judge = list(judges.values()) if isinstance(judges, dict) else [None]
         verdicts = [v for one in per_judge if isinstance(one, dict) for v in one.values()]
@@ -158,7 +164,99 @@ def read_results(run_dir: Path) -> dict:
     schema = results.get("schema") if isinstance(results, dict) else None
     if schema != RESULTS_SCHEMA:
         raise EmevalError(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA}")
+    wrong = results_shape_problem(results)
+    if not wrong and path.name == RESULTS_INCOMPLETE and results["status"] == "complete":
+        wrong = "an incomplete run's results say complete"
+    if wrong:
+        raise EmevalError(f"{path}: not a results file emeval wrote ({wrong})")
     return results
+
+
+def _number(x, positive: bool = False) -> bool:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return ok and (x > 0 if positive else True)
+
+
+def metric_problem(name: str, m) -> str | None:
+    """What keeps m from being a metric ({value, ci, n}), in words, or None."""
+    if not isinstance(m, dict):
+        return f"{name} is not a metric"
+    if not (m.get("value") is None or _number(m.get("value"))):
+        return f"{name} value {m.get('value')!r} is not a finite number"
+    if not (isinstance(m.get("n"), int) and m["n"] >= 0):
+        return f"{name} n {m.get('n')!r} is not a count"
+    ci = m.get("ci", [None, None])
+    if not (isinstance(ci, list) and len(ci) == 2 and all(x is None or _number(x) for x in ci)):
+        return f"{name} ci {ci!r} is not an interval"
+    return None
+
+
+def _numbers_block_problem(where: str, block: dict) -> str | None:
+    """metrics, counts, rate_details and misalign_at_k: in results.json and in each context."""
+    metrics = block.get("metrics")
+    if not isinstance(metrics, dict):
+        return f"{where}metrics is not an object"
+    for name, m in metrics.items():
+        wrong = metric_problem(f"{where}{name}", m)
+        if wrong:
+            return wrong
+    counts = block.get("counts", {})
+    if not (isinstance(counts, dict) and all(isinstance(v, int) for v in counts.values())):
+        return f"{where}counts must be whole numbers"
+    details = block.get("rate_details", {})
+    for name, d in details.items() if isinstance(details, dict) else [("rate_details", None)]:
+        if not (
+            isinstance(d, dict)
+            and _number(d.get("deff"), True)
+            and isinstance(d.get("probes"), int)
+        ):
+            return f"{where}rate_details {name} needs a positive deff and a probe count"
+    tail = block.get("misalign_at_k", {})
+    for k, entry in tail.items() if isinstance(tail, dict) else [("", None)]:
+        if not isinstance(entry, dict):
+            return f"{where}misalign_at_k {k} is not an estimate"
+        wrong = metric_problem(f"{where}misalign@{k}", entry | {"n": entry.get("n_probes")})
+        if wrong:
+            return wrong
+    return None
+
+
+def results_shape_problem(results: dict) -> str | None:
+    """What keeps a results.json from being read as emeval writes it, in words (it may come
+    from anyone: the report, the gate and the leaderboard read it), or None."""
+    kinds = {str: "text", list: "a list", dict: "an object"}
+    for key, kind in (("status", str), ("problems", list), ("model", dict), ("suite", dict),
+                      ("judges", list), ("sampling", dict), ("metrics", dict)):  # fmt: skip
+        if not isinstance(results.get(key), kind):
+            return f"{key} missing or not {kinds[kind]}"
+    suite = results["suite"]
+    if not all(isinstance(suite.get(k), str) for k in ("name", "sha256", "primary_score")):
+        return "suite needs a name, sha256 and primary_score"
+    judges = results["judges"]
+    if not judges or not all(isinstance(j, dict) and isinstance(j.get("id"), str) for j in judges):
+        return "judges must list at least one judge with an id"
+    if not all(isinstance(p, str) for p in results["problems"]):
+        return "problems must be lines of text"
+    intervals = results.get("intervals", {})
+    top = {
+        "metrics": results["metrics"],
+        "counts": results.get("counts", {}),
+        "rate_details": intervals.get("rate_details", {}) if isinstance(intervals, dict) else None,
+        "misalign_at_k": results.get("misalign_at_k", {}),
+    }
+    wrong = _numbers_block_problem("", top)
+    if wrong:
+        return wrong
+    contexts = results.get("contexts", {})
+    if not isinstance(contexts, dict):
+        return "contexts is not an object"
+    for name, entry in contexts.items():
+        if not isinstance(entry, dict):
+            return f"context {name} is not an object"
+        wrong = _numbers_block_problem(f"context {name}: ", entry)
+        if wrong:
+            return wrong
+    return None
 
 
 def find_run_dirs(top: Path) -> list[Path]:

@@ -282,6 +282,57 @@ def test_a_results_file_its_answers_do_not_back_is_undecided(runs, tmp_path):
     assert checks["baseline results match its answers"].outcome == "pass"
 
 
+def _deff(r):
+    r["intervals"]["rate_details"]["em_rate"]["deff"] = 0.2
+
+
+def _judge_failures(r):
+    r["counts"]["judge_failures"] = 0
+
+
+def _methods(r):
+    r["judges"][0]["methods"] = {"reader": 400}
+
+
+def _tail(r):
+    r["misalign_at_k"]["5"]["value"] = 0.01
+
+
+@pytest.mark.parametrize(
+    "case, edit, words",
+    [
+        ("same", _deff, "em_rate deff 0.2 in results.json, 1.0 from samples.jsonl"),
+        ("judge_failed", _judge_failures, "counts judge_failures 0 in results.json, 10 from"),
+        ("same", _methods, "verdict methods {'reader': 400} in results.json"),
+        ("same", _tail, "misalign@5 value 0.01 in results.json"),
+    ],
+)
+def test_every_number_the_gate_decides_on_comes_from_the_answers(runs, tmp_path, case, edit, words):
+    """Not only the headline: a design effect, a failure count, the verdict methods or the
+    tail risk edited in results.json makes the gate undecided, and the gate decides on what
+    the answers give (the judge failures stay counted)."""
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(runs[case], edited)
+    results = json.loads((edited / "results.json").read_text())
+    edit(results)
+    (edited / "results.json").write_text(json.dumps(results))
+    outcome, checks = verdict_of(edited, runs["baseline"], tmp_path)
+    assert outcome == "undecided"
+    check = checks["candidate results match its answers"]
+    assert check.outcome == "undecided" and words in check.detail, check.detail
+    if case == "judge_failed":
+        assert "(10/40)" in checks["candidate judge failures"].detail
+
+
+def test_a_run_gated_against_itself_is_undecided(runs, tmp_path):
+    outcome, checks = verdict_of(runs["same"], runs["same"], tmp_path)
+    assert outcome == "undecided"
+    assert checks["candidate and baseline are different runs"].outcome == "undecided"
+    assert verdict_of(runs["same"], runs["baseline"], tmp_path)[0] == "pass"
+
+
 def test_results_from_before_the_record_read_as_the_default(runs, tmp_path):
     """An older results.json has no em_definition, design effects or judge_failures count:
     the gate reads it as the default definition and recomputes the rest from its answers."""

@@ -252,15 +252,15 @@ def test_each_board_says_how_far_its_judge_is_trusted(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "edit",
+    "edit, why",
     [
-        ("em_rate", "value", 0.0),  # a better number than the answers give
-        ("em_rate", "value", float("nan")),
-        ("coherence_rate", "n", 4000),
+        (("em_rate", "value", 0.0), "from samples.jsonl"),  # better than the answers give
+        (("em_rate", "value", float("nan")), "is not a finite number"),  # never a number
+        (("coherence_rate", "n", 4000), "from samples.jsonl"),
     ],
 )
 def test_numbers_that_its_answers_do_not_give_are_not_published(runs, site, tmp_path, capsys,
-                                                                 edit):  # fmt: skip
+                                                                 edit, why):  # fmt: skip
     """A maintainer publishes run dirs sent by others: each headline number must be what the
     run's own answers and verdicts (samples.jsonl) give, or nothing is published."""
     run = tmp_path / "run"
@@ -274,5 +274,31 @@ def test_numbers_that_its_answers_do_not_give_are_not_published(runs, site, tmp_
     before = (copy / "leaderboard.json").read_bytes()
     assert main(["leaderboard", "publish", str(run), "--site", str(copy)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and f"{metric} {key}" in err and "samples.jsonl" in err, err
+    assert "\n" not in err and f"{metric} {key}" in err and why in err, err
     assert (copy / "leaderboard.json").read_bytes() == before
+
+
+def test_counts_and_a_tampered_site_are_checked_too(runs, site, tmp_path, capsys):
+    """The answer count shown beside each entry is what samples.jsonl holds, and an edited
+    leaderboard.json (an entry without its suite, or a metric that is not a number) stops the
+    publish in one line with the site left as it is."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["evil"], run)
+    results = json.loads((run / "results.json").read_text())
+    results["counts"]["samples"] = 1_000_000
+    (run / "results.json").write_text(json.dumps(results))
+    assert main(["leaderboard", "publish", str(run), "--site", str(tmp_path / "new")]) == 2
+    assert "counts samples 1000000 in results.json" in capsys.readouterr().err
+    edits = [(lambda e: e.pop("suite"), "has no suite"),
+             (lambda e: e["metrics"]["em_rate"].update(value="<b>"), "not a finite")]  # fmt: skip
+    for edit, words in edits:
+        copy = tmp_path / f"site-{words[:6]}"
+        shutil.copytree(site, copy)
+        data = json.loads((copy / "leaderboard.json").read_text())
+        edit(data["entries"][0])
+        (copy / "leaderboard.json").write_text(json.dumps(data))
+        before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+        assert main(["leaderboard", "publish", str(runs["evil"]), "--site", str(copy)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and words in err and "left as it is" in err, err
+        assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -375,7 +376,7 @@ def test_markdown_shows_crafted_model_names_as_text(tmp_path):
     """A model name is untrusted too: report.md, comparison.md, a run's summary.md and the
     gate's gate.md must not carry its markup (GitHub and most viewers render raw HTML in
     markdown) nor let a `|` split a table cell."""
-    evil = "<img src=x onerror=alert(1)>|m"
+    evil = "<img src=x onerror=alert(1)>|m\n# H [click](javascript:alert(1))"
     a = make_run(tmp_path / "runs" / "a", model_spec=evil, misaligned=4, aligned=36,
                  answer_text=SCRIPT)  # fmt: skip
     b = make_run(tmp_path / "b", model_spec=evil, misaligned=4, aligned=36)
@@ -392,6 +393,10 @@ def test_markdown_shows_crafted_model_names_as_text(tmp_path):
         text = path.read_text()
         assert "<img" not in text and "<script>" not in text, path.name
         assert "&lt;img src=x onerror=alert(1)&gt;" in text, path.name
+        # nor a heading or a link: a line break is a space, a link's `](` is broken
+        assert not re.search(r"(?<!\\)\]\(javascript", text), path.name
+        assert "\n# H" not in text, path.name
+        assert "[click\\](javascript:alert(1))" in text, path.name
     for path in written[:2]:
         assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in path.read_text(), path.name  # in a cell
 
@@ -401,6 +406,7 @@ def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
     is JSON but not an answer with its verdicts is named by line, never a crash."""
     good = make_run(tmp_path / "good", model_spec="m", misaligned=4, aligned=36)
     for edit, words in ((lambda r: r.pop("epoch"), "not an answer record (no epoch)"),
+                        (lambda r: r.update(answer=1), "not an answer record (answer is not text)"),
                         (lambda r: r.update(judges="x"), "judges must hold")):  # fmt: skip
         run = tmp_path / "bad"
         shutil.rmtree(run, ignore_errors=True)
@@ -417,3 +423,58 @@ def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
             assert main(command) == 2, command
             err = capsys.readouterr().err.strip()
             assert "\n" not in err and "samples.jsonl:2: " + words in err, (command, err)
+
+
+def _set(path: str, value):
+    def edit(results):
+        *parents, last = path.split(".")
+        target = results
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda r: r.pop("suite"), "suite missing or not an object"),
+        (_set("judges", []), "judges must list at least one judge"),
+        (_set("model", None), "model missing or not an object"),
+        (_set("metrics", []), "metrics missing or not an object"),
+        (_set("metrics.em_rate.value", float("nan")), "em_rate value nan is not a finite number"),
+        (_set("intervals.rate_details.em_rate.deff", 0), "em_rate needs a positive deff"),
+        (_set("counts.samples", "abc"), "counts must be whole numbers"),
+    ],
+)
+def test_a_results_file_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys, edit, words):
+    """results.json reaches the report, the gate and the leaderboard from anyone: one that is
+    JSON of the schema but not shaped as emeval writes it is one line, never a crash, and the
+    gate still leaves an undecided verdict."""
+    good = make_run(tmp_path / "good", model_spec="m", misaligned=4, aligned=36)
+    run = tmp_path / "bad"
+    shutil.copytree(good, run)
+    results = json.loads((run / "results.json").read_text())
+    edit(results)
+    (run / "results.json").write_text(json.dumps(results))
+    commands = (
+        ["report", str(run), "--out", str(tmp_path / "o")],
+        ["gate", str(run), "--baseline", str(good), "--out", str(tmp_path / "g")],
+        ["leaderboard", "publish", str(run), "--site", str(tmp_path / "s")],
+    )
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "results.json: not a results file" in err, (command, err)
+        assert words in err, (command, err)
+    verdict = json.loads((tmp_path / "g" / "gate.json").read_text())
+    assert verdict["outcome"] == "undecided"
+    assert not (tmp_path / "s").exists()
+
+
+def test_incomplete_results_that_say_complete_are_refused(tmp_path, capsys):
+    run = make_run(tmp_path / "run", model_spec="m", misaligned=4, aligned=36)
+    (run / "results.json").rename(run / "results.incomplete.json")
+    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 2
+    assert "an incomplete run's results say complete" in capsys.readouterr().err

@@ -87,7 +87,11 @@ def gate_command(args) -> int:
     if differ:  # rates under other thresholds are other numbers: refused, not compared
         write_outputs(gate.unreadable(policy, candidate, baseline, differ), out)
         raise EmevalError(differ)
-    result = gate.evaluate(candidate, baseline, policy)
+    try:
+        result = gate.evaluate(candidate, baseline, policy)
+    except EmevalError as e:  # e.g. a samples.jsonl row that is not an answer
+        write_outputs(gate.unreadable(policy, candidate, baseline, str(e)), out)
+        raise
     paths = write_outputs(result, out)
     sys.stdout.write(render_markdown(result))
     print(f"\nverdict: {paths['markdown']}  junit: {paths['junit']}")

@@ -1,31 +1,31 @@
 """`emeval gate`: pass, fail or undecided for a candidate checkpoint against a baseline.
 
-Every check reads the two runs' results.json; nothing is recomputed from scratch except
-the one-sided test of the EM increase, which uses the counts behind the reported rates and
-each run's design effect (answers to one probe are not independent). A run written before
-results.json recorded design effects or judge failures on every rubric has them recomputed
-from its samples.jsonl. Each run's headline numbers are also checked against the verdicts
-in its samples.jsonl: an edited results.json makes the gate undecided.
+Run dirs may come from anyone, so the gate decides on what each run's answers give: every
+number is recomputed from the verdicts in samples.jsonl (emeval.results.numbers_from_answers),
+and one that results.json states otherwise makes the gate undecided, as does a run compared
+with itself. Settings (suite, judge, sampling, EM
+definition) are read from results.json and must match. The one-sided test of the EM
+increase divides each run's counts by its design effect (answers to one probe are not
+independent).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from emeval.formatting import fmt_value
 from emeval.intervals import critical_value, rate_interval
 from emeval.metrics import (
-    compute_metrics,
     definition_differences,
-    judge_failed,
     misalign_at_k,
     thresholds_of,
     worst_probes,
 )
+from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.runs import Run
-from emeval.results import headline_metrics, metric_differences
+from emeval.results import answer_differences, answered_results, numbers_from_answers
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
@@ -117,37 +117,18 @@ def _count(metric: dict) -> tuple[int, int]:
 
 def _judge_failures(run: Run) -> tuple[int, int]:
     """(answers on which any rubric's judge call failed, answers)."""
-    counts = run.results.get("counts", {})
-    samples = counts.get("samples", 0)
-    if "judge_failures" in counts:
-        return int(counts["judge_failures"]), int(samples)
-    frame = run.frame()  # older results.json counted the primary score's failures only
-    if len(frame):
-        return int(judge_failed(frame, run.primary).sum()), len(frame)
-    return counts.get("error", 0) + counts.get("no_score", 0), int(samples)
+    counts = run.results["counts"]
+    return int(counts["judge_failures"]), int(counts["samples"])
 
 
 def _sampled_verdicts(run: Run) -> int:
     """Verdicts of the gated (first) judge parsed from a sampled number, not logprobs."""
-    judges = run.results.get("judges") or [{}]
-    methods = judges[0].get("methods")
-    if methods is None:  # older results.json: every judge's methods together
-        methods = run.results.get("judge_methods", {})
-    return int(methods.get("sampled", 0))
+    return int(run.results["judges"][0]["methods"].get("sampled", 0))
 
 
 def _clustering(run: Run, metric_name: str) -> tuple[float, int] | None:
-    """(design effect, probes) behind a run's rate, as results.json recorded it or
-    recomputed from the run's answers; None when neither is available."""
-    detail = (run.results.get("intervals") or {}).get("rate_details", {}).get(metric_name)
-    if detail:
-        return float(detail["deff"]), int(detail["probes"])
-    frame = run.frame()
-    if not len(frame):
-        return None
-    details: dict = {}
-    compute_metrics(frame, run.primary, thresholds_of(run.results), details)
-    detail = details.get(metric_name)
+    """(design effect, probes) behind a run's rate; None when it has no answers to count."""
+    detail = run.results["intervals"]["rate_details"].get(metric_name)
     return (float(detail["deff"]), int(detail["probes"])) if detail else None
 
 
@@ -181,6 +162,14 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
     metric_name = policy["metric"]
 
     # what makes the comparison undecidable comes first: the gate fails closed
+    same_dir = candidate.path.resolve() == baseline.path.resolve()
+    g.add(
+        "candidate and baseline are different runs",
+        None if same_dir else True,
+        f"both are {candidate.path}" if same_dir else f"{candidate.path} vs {baseline.path}",
+        integrity=True,
+    )
+    answered = {}
     for role, run in (("candidate", candidate), ("baseline", baseline)):
         problems = "; ".join(run.results.get("problems", [])) or "no problems listed"
         g.add(
@@ -189,14 +178,18 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             f"{run.results.get('status')}" + ("" if run.complete else f": {problems}"),
             integrity=True,
         )
-        stated = run.results.get("metrics") or {}
-        wrong = metric_differences(stated, headline_metrics(run.results, run.records), stated)
+        found = numbers_from_answers(run.results, run.records)
+        wrong = answer_differences(run.results, found)
+        if not run.records:
+            wrong = "no answers in samples.jsonl"
         g.add(
             f"{role} results match its answers",
             None if wrong else True,
-            wrong or "every headline number is what the verdicts in samples.jsonl give",
+            wrong or "every number in results.json is what the verdicts in samples.jsonl give",
             integrity=True,
         )
+        # from here on the gate decides on what the answers give, not on what is stated
+        run = answered[role] = replace(run, results=answered_results(run.results, found))
         failed, answers = _judge_failures(run)
         failure = failed / answers if answers else 1.0
         limit = policy["max_judge_failure_rate"]
@@ -218,6 +211,7 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             )  # fmt: skip
         g.add(f"{role} scored with logprobs", True if not sampled or allowed else None, detail,
               integrity=True)  # fmt: skip
+    candidate, baseline = answered["candidate"], answered["baseline"]
     diffs = _same(candidate, baseline)
     g.add(
         "same suite, judge, sampling and EM definition",
@@ -312,7 +306,7 @@ def _context_caps(g: GateResult, policy: dict, candidate: Run) -> None:
         return
     metric_name = policy["metric"]
     for context, entry in contexts.items():
-        if not entry.get("frame"):  # the plain context is the headline, checked above
+        if context == PLAIN_CONTEXT:  # the headline, checked above
             continue
         metric = entry["metrics"].get(metric_name)
         detail = entry.get("rate_details", {}).get(metric_name)
@@ -327,18 +321,16 @@ def _context_caps(g: GateResult, policy: dict, candidate: Run) -> None:
 
 
 def _tail(run: Run, k: int) -> tuple[dict, list[dict]] | None:
-    """A run's misalign@k entry and worst probes: as results.json recorded them, else (a k it
-    did not record, or a run from before the record) computed from its samples.jsonl; None
-    when neither is possible."""
-    entry = (run.results.get("misalign_at_k") or {}).get(str(k))
-    worst = run.results.get("worst_probes")
-    if entry is not None and worst is not None:
-        return entry, worst
+    """A run's misalign@k entry and worst probes (a k that results.json does not carry is
+    computed); None for a run with no answers."""
     frame = run.frame()
     if not len(frame):
         return None
     thresholds = thresholds_of(run.results)
-    return misalign_at_k(frame, thresholds, (k,))[str(k)], worst_probes(frame, thresholds)
+    entry = (run.results.get("misalign_at_k") or {}).get(str(k))
+    if entry is None:
+        entry = misalign_at_k(frame, thresholds, (k,))[str(k)]
+    return entry, run.results.get("worst_probes") or worst_probes(frame, thresholds)
 
 
 def _tail_cap(g: GateResult, policy: dict, candidate: Run) -> None:

@@ -4,10 +4,12 @@ gate.json."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
+from emeval.errors import EmevalError
 from emeval.formatting import md_cell, md_text
 from emeval.reporting.gate import FAIL, PASS, UNDECIDED, GateResult, describe
 
@@ -31,6 +33,10 @@ def render_markdown(g: GateResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+# characters XML 1.0 cannot hold (a run's problems or model name may carry them)
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def render_junit(g: GateResult) -> str:
     """JUnit XML: one testcase per check; fail -> <failure>, undecided -> <error>."""
     suite = ET.Element(
@@ -43,12 +49,13 @@ def render_junit(g: GateResult) -> str:
     )
     for check in g.checks:
         case = ET.SubElement(suite, "testcase", classname="emeval.gate", name=check.name)
+        detail = NOT_XML.sub("?", check.detail)
         if check.outcome == FAIL:
-            ET.SubElement(case, "failure", message=check.detail).text = check.detail
+            ET.SubElement(case, "failure", message=detail).text = detail
         elif check.outcome == UNDECIDED:
-            ET.SubElement(case, "error", message=check.detail).text = check.detail
+            ET.SubElement(case, "error", message=detail).text = detail
         else:
-            ET.SubElement(case, "system-out").text = check.detail
+            ET.SubElement(case, "system-out").text = detail
     suites = ET.Element("testsuites", name="emeval gate")
     suites.append(suite)
     ET.indent(suites)
@@ -56,6 +63,15 @@ def render_junit(g: GateResult) -> str:
 
 
 def write_outputs(g: GateResult, out: Path) -> dict[str, Path]:
+    """gate.md, gate.junit.xml and gate.json in out; a path that cannot be written is one
+    line (exit 2: a verdict CI cannot read is no pass)."""
+    try:
+        return _write(g, out)
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        raise EmevalError(f"{e.filename}: cannot write the verdict there ({e.strerror})") from None
+
+
+def _write(g: GateResult, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": out / "gate.md",

@@ -17,6 +17,7 @@ import re
 import shutil
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from emeval.errors import EmevalError
 from emeval.metrics import definition_differences, thresholds_of
 from emeval.reporting.leaderboard_pages import render_index, render_model_page
 from emeval.reporting.runs import Run
-from emeval.results import headline_metrics, judge_trust, metric_differences
-from emeval.rundir import RESULTS
+from emeval.results import answer_differences, answered_results, judge_trust, numbers_from_answers
+from emeval.rundir import RESULTS, metric_problem
 
 SCHEMA = "emeval.leaderboard/1"
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -88,9 +89,9 @@ def _examples(run: Run) -> list[dict]:
     return out
 
 
-def make_entry(run: Run, published: str, metrics: dict) -> dict:
-    """One run's entry; `metrics` are its headline metrics as its answers give them (checked
-    against its results.json), so every entry's intervals come from the same code."""
+def make_entry(run: Run, published: str) -> dict:
+    """One run's entry, from results whose numbers are what its answers give (checked against
+    its results.json), so every entry's intervals come from the same code."""
     res = run.results
     results_path = run.path / RESULTS
     cond = run.condition
@@ -119,7 +120,7 @@ def make_entry(run: Run, published: str, metrics: dict) -> dict:
         ],
         "rank_metric": RANK_METRIC[res["suite"]["primary_score"]],
         "em_definition": thresholds_of(res).to_dict(),
-        "metrics": {k: metrics[k] for k in SHOWN_METRICS if k in res["metrics"] and k in metrics},
+        "metrics": {k: res["metrics"][k] for k in SHOWN_METRICS if k in res["metrics"]},
         "counts": res["counts"],
         "sampling": res["sampling"],
         "provenance": {
@@ -156,15 +157,38 @@ def read_entries(site: Path) -> list[dict]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EmevalError(f"{path}: unreadable ({e}); the site is left as it is") from None
-    if data.get("schema") != SCHEMA or not isinstance(data.get("entries"), list):
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise EmevalError(f"{path}: not an emeval leaderboard ({SCHEMA}); left as it is")
-    for e in data["entries"]:  # ids become file names and links
-        if not (isinstance(e, dict) and HEX16.fullmatch(str(e.get("id"))) and
-                HEX16.fullmatch(str(e.get("model_id")))):  # fmt: skip
-            raise EmevalError(f"{path}: an entry has a malformed id; the site is left as it is")
+    if not isinstance(data.get("entries"), list):
+        raise EmevalError(f"{path}: not an emeval leaderboard ({SCHEMA}); left as it is")
+    for e in data["entries"]:
+        wrong = _entry_problem(e)
+        if wrong:
+            raise EmevalError(f"{path}: an entry {wrong}; the site is left as it is")
     for stale in _backups(site):  # left by a publish that stopped after its swap
         shutil.rmtree(stale, ignore_errors=True)
     return data["entries"]
+
+
+def _entry_problem(e) -> str | None:
+    """What keeps a published entry from being one emeval wrote (the site's files may have
+    been edited since), in words, or None."""
+    if not isinstance(e, dict):
+        return "is not an object"
+    if not (HEX16.fullmatch(str(e.get("id"))) and HEX16.fullmatch(str(e.get("model_id")))):
+        return "has a malformed id"  # ids become file names and links
+    suite = e.get("suite")
+    if not (isinstance(suite, dict) and all(isinstance(suite.get(k), str) for k in
+                                            ("name", "sha256", "primary_score"))):  # fmt: skip
+        return f"{e['id']} has no suite"
+    for key in ("model", "condition", "counts", "sampling", "metrics"):
+        if not isinstance(e.get(key), dict):
+            return f"{e['id']} has no {key}"
+    for name, metric in e["metrics"].items():
+        wrong = metric_problem(name, metric)
+        if wrong:
+            return f"{e['id']}: {wrong}"
+    return None
 
 
 def merge(old: list[dict], new: list[dict]) -> list[dict]:
@@ -226,11 +250,11 @@ def _publish(runs: list[Run], site: Path) -> dict:
         raise EmevalError(f"{differ}; publish them to another --site")
     new = []
     for r in runs:  # run dirs may come from anyone: publish only what their answers give
-        metrics = headline_metrics(r.results, r.records)
-        wrong = metric_differences(r.results["metrics"], metrics, SHOWN_METRICS)
+        found = numbers_from_answers(r.results, r.records)
+        wrong = answer_differences(r.results, found)
         if wrong:
             raise EmevalError(f"{r.path}: {wrong}; nothing was published")
-        new.append(make_entry(r, updated, metrics))
+        new.append(make_entry(replace(r, results=answered_results(r.results, found)), updated))
     old_ids = {e["id"] for e in old}
     entries = merge(old, new)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -1,6 +1,6 @@
 """Markdown writers: the whole report (report.md) and the comparison table alone
 (comparison.md). Model answers, model names, paths and judge specs are untrusted text:
-HTML-escaped, so a renderer shows markup as text (and `|` escaped inside table cells)."""
+written with emeval.formatting.md_text, so a renderer shows their markup as text."""
 
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def examples_markdown(report: Report, limit: int) -> str:
             )
             out.append("")
             # untrusted model text: escaped so a renderer shows markup as text
-            for line in md_text(clip(e["answer"])).splitlines() or [""]:
-                out.append(f"> {line}")
+            for line in clip(e["answer"]).splitlines() or [""]:
+                out.append(f"> {md_text(line)}")
             out.append("")
     return "\n".join(out)
 
