@@ -104,6 +104,30 @@ def _require(item: dict, key: str, path: Path, where: str, kind=str):
     return value
 
 
+MAX_ID_CHARS = 200  # ids name log entries and table rows (Inspect refuses very long ones)
+
+
+def _probe_id(item: dict, path: Path, where: str, kind=str) -> str:
+    probe_id = str(_require(item, "id", path, where, kind))
+    if not probe_id.strip() or len(probe_id) > MAX_ID_CHARS:
+        raise EmevalError(f"{path}: {where}: 'id' must be 1 to {MAX_ID_CHARS} characters")
+    return probe_id
+
+
+def _count(doc: dict, key: str, path: Path, where: str) -> int:
+    value = doc.get(key, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EmevalError(f"{path}: {where}: '{key}' must be a whole number of at least 1")
+    return value
+
+
+def _optional_text(doc: dict, key: str, path: Path, where: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise EmevalError(f"{path}: {where}: '{key}' must be text")
+    return value
+
+
 def _paraphrases(item: dict, path: Path, where: str) -> list[str]:
     paraphrases = _require(item, "paraphrases", path, where, list)
     if not paraphrases or not all(isinstance(p, str) and p.strip() for p in paraphrases):
@@ -112,8 +136,9 @@ def _paraphrases(item: dict, path: Path, where: str) -> list[str]:
 
 
 def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
-    name = doc.get("suite") or path.stem
-    json_system = doc.get("json_system_prompt")
+    name = _optional_text(doc, "suite", path, "the suite") or path.stem
+    json_system = _optional_text(doc, "json_system_prompt", path, "the suite")
+    default_samples = _count(doc, "samples_per_prompt", path, "the suite")
     rubric_name = doc.get("rubric")  # in-domain suites score a behaviour instead of alignment
     rubrics = {"coherence": load_rubric("coherence")}
     if rubric_name:
@@ -129,7 +154,7 @@ def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
         where = f"probe #{index + 1}"
         if not isinstance(item, dict):
             raise EmevalError(f"{path}: {where}: expected a mapping")
-        probe_id = _require(item, "id", path, where)
+        probe_id = _probe_id(item, path, where)
         where = f"probe {probe_id!r}"
         if probe_id in seen:
             raise EmevalError(f"{path}: {where}: duplicate id")
@@ -156,7 +181,7 @@ def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
         content_sha256=sha,
         prompts=prompts,
         rubrics=rubrics,
-        default_samples=int(doc.get("samples_per_prompt", 1)),
+        default_samples=default_samples,
     )
 
 
@@ -174,8 +199,10 @@ def _load_question_list(doc: list, path: Path, sha: str) -> Suite:
         where = f"item #{index + 1}"
         if not isinstance(item, dict):
             raise EmevalError(f"{path}: {where}: expected a mapping")
-        probe_id = str(_require(item, "id", path, where, None))
+        probe_id = _probe_id(item, path, where, None)
         where = f"item {probe_id!r}"
+        if probe_id in probe_rubrics:
+            raise EmevalError(f"{path}: {where}: duplicate id")
         kind = item.get("type", "free_form_judge_0_100")
         if kind != "free_form_judge_0_100":
             raise EmevalError(f"{path}: {where}: unsupported type {kind!r}")
@@ -190,9 +217,9 @@ def _load_question_list(doc: list, path: Path, sha: str) -> Suite:
         if "alignment" not in rubrics:
             raise EmevalError(f"{path}: {where}: judge_prompts needs an 'aligned' prompt")
         probe_rubrics[probe_id] = rubrics
-        system = item.get("system")
+        system = _optional_text(item, "system", path, where)
         fmt = "template" if "template" in probe_id else ("json" if system else "plain")
-        samples.add(int(item.get("samples_per_paraphrase", 1)))
+        samples.add(_count(item, "samples_per_paraphrase", path, where))
         for k, text in enumerate(paraphrases):
             prompts.append(
                 Prompt(

@@ -102,8 +102,10 @@ def is_run_dir(path: Path | str) -> bool:
 
 
 def holds_run_outputs(out: Path) -> bool:
-    """Whether a dir (or one below it) holds Inspect logs or results: something to keep."""
-    return any(out.glob(f"**/{LOGS}/*")) or any(out.glob("**/results*.json"))
+    """Whether a dir (or one below it) holds Inspect logs, results, answers or a summary: a
+    file a run would overwrite, so something to keep."""
+    patterns = (f"**/{LOGS}/*", "**/results*.json", f"**/{SAMPLES}", f"**/{SUMMARY}")
+    return any(any(out.glob(pattern)) for pattern in patterns)
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -132,7 +134,7 @@ def read_records(run_dir: Path) -> list[dict]:
     path = run_dir / SAMPLES
     records = []
     for n, row in numbered_rows(path):
-        missing = [k for k in (*RECORD_KEYS, "judges") if k not in row]
+        missing = [k for k in (*RECORD_KEYS, "question", "answer", "judges") if k not in row]
         if missing:
             raise EmevalError(f"{path}:{n}: not an answer record (no {', '.join(missing)})")
         text = [k for k in ("probe_id", "category", "format", "question", "answer")
@@ -165,8 +167,8 @@ def read_results(run_dir: Path) -> dict:
     if schema != RESULTS_SCHEMA:
         raise EmevalError(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA}")
     wrong = results_shape_problem(results)
-    if not wrong and path.name == RESULTS_INCOMPLETE and results["status"] == "complete":
-        wrong = "an incomplete run's results say complete"
+    if not wrong and (path.name == RESULTS) != (results["status"] == "complete"):
+        wrong = f"{path.name} says {results['status']!r}"  # the name is what others go by
     if wrong:
         raise EmevalError(f"{path}: not a results file emeval wrote ({wrong})")
     return results
@@ -230,8 +232,10 @@ def results_shape_problem(results: dict) -> str | None:
         if not isinstance(results.get(key), kind):
             return f"{key} missing or not {kinds[kind]}"
     suite = results["suite"]
-    if not all(isinstance(suite.get(k), str) for k in ("name", "sha256", "primary_score")):
-        return "suite needs a name, sha256 and primary_score"
+    if not all(
+        isinstance(suite.get(k), str) for k in ("name", "sha256", "primary_score", "source")
+    ):
+        return "suite needs a name, source, sha256 and primary_score"
     judges = results["judges"]
     if not judges or not all(isinstance(j, dict) and isinstance(j.get("id"), str) for j in judges):
         return "judges must list at least one judge with an id"

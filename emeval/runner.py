@@ -20,7 +20,7 @@ from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
 from emeval.models import ModelRef, check_served, resolve_model, split_model_spec
 from emeval.probes import PLAIN_CONTEXT, load_suite
-from emeval.results import build_results, render_summary
+from emeval.results import answer_differences, build_results, numbers_from_answers, render_summary
 from emeval.rundir import (
     LOGS,
     RESULTS,
@@ -121,6 +121,8 @@ def _check_settings(s: RunSettings) -> None:
         raise EmevalError("--limit must be at least 1 (zero samples would measure nothing)")
     if s.max_tokens < 1:
         raise EmevalError("--max-tokens must be at least 1")
+    if s.max_connections is not None and s.max_connections < 1:
+        raise EmevalError("--max-connections must be at least 1")
     if not 0 <= s.temperature < float("inf"):
         raise EmevalError("--temperature must be 0 (greedy) or more")
     guarded = {"use_safetensors": "--allow-pickle", "trust_remote_code": "--trust-remote-code"}
@@ -140,7 +142,8 @@ def _check_run_dir(out: Path, s: RunSettings) -> None:
     previous = read_settings(out)
     if previous is None:
         raise EmevalError(
-            f"{out} holds Inspect logs or results but no {RUN_SETTINGS} (not this run's); "
+            f"{out} holds Inspect logs, results, answers or a summary but no {RUN_SETTINGS} "
+            "(not this run's); "
             "choose another --out"
         )
     wanted = asdict(s)
@@ -379,9 +382,17 @@ def rescore(
     if suite.content_sha256 != previous["suite"]["sha256"]:
         raise EmevalError(f"{previous['suite']['source']}: suite changed since the run")
     judges = [judge_from_spec(j) for j in judge_specs]
+    out = out or run_dir / f"rescored-{_slug(judges[0].id)}"
+    _check_rescore_dir(out, run_dir)
+    records = read_records(run_dir)
+    wrong = answer_differences(previous, numbers_from_answers(previous, records))
+    if wrong or not records:
+        raise EmevalError(
+            f"{run_dir}: {wrong or 'no answers in samples.jsonl'}; its answers do not back its "
+            "results, so they cannot be rescored as that run"
+        )
     for judge in judges:
         judge.check()
-    records = read_records(run_dir)
 
     async def judge_all() -> None:
         limit = asyncio.Semaphore(16)
@@ -422,5 +433,21 @@ def rescore(
         validations={j.id: validation_of(j) for j in judges},
         contexts=[c["frame"] for c in (previous.get("contexts") or {}).values() if c["frame"]],
     )
-    out = out or run_dir / f"rescored-{_slug(judge_ids[0])}"
     return write_run(out, results, records, render_summary(results))
+
+
+def _check_rescore_dir(out: Path, run_dir: Path) -> None:
+    """Rescored results go to a new dir, or to one an earlier rescore of the same run wrote:
+    never over the run itself or over anything else's files."""
+    if out.resolve() == run_dir.resolve():
+        raise EmevalError(f"--out {out} is the run being rescored; choose another --out")
+    if not holds_run_outputs(out):
+        return
+    try:
+        earlier = read_results(out).get("rescored_from")
+    except EmevalError:
+        earlier = None
+    if earlier is None or Path(earlier).resolve() != run_dir.resolve():
+        raise EmevalError(
+            f"{out} holds other files a rescore would overwrite; choose another --out"
+        )

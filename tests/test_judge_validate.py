@@ -130,6 +130,28 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert read_labels(tmp_path / "ok.jsonl.gz")["aligned"].tolist() == [10.0] * 3
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (row * 2).encode())  # from Windows
     assert read_labels(tmp_path / "bom.jsonl")["question"].tolist() == ["q", "q"]
+    # "nan" written in a score cell, a NaN or a null question is not an unscored answer
+    broken = {
+        "nan.csv": ("question,answer,aligned,coherent\nq,a,nan,50\n", "'nan' is not a number"),
+        "nan.jsonl": (row.replace("10", "NaN"), "aligned (row 1): nan is not a score"),
+        "null.jsonl": (row.replace('"q"', "null"), "question (row 1) is not text"),
+    }
+    for name, (text, words) in broken.items():
+        (tmp_path / name).write_text(text)
+        assert main(["judge", "validate", "--labels", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"emeval: error: labels {tmp_path / name}: ") and words in err, err
+    cut = tmp_path / "cut.csv.gz"  # a download that stopped part way
+    cut.write_bytes(
+        gzip.compress(("question,answer,aligned,coherent\n" + "q,a,10,50\n" * 500).encode())[:60]
+    )
+    assert main(["judge", "validate", "--labels", str(cut)]) == 2
+    assert "cannot read labels" in capsys.readouterr().err
+    # --record names a judge dir, checked before any answer is judged
+    assert main(["judge", "validate", "--labels", str(tmp_path / "ok.jsonl.gz"),
+                 "--record", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr()
+    assert "not a judge directory" in err.err and "judging" not in err.out + err.err
 
 
 @pytest.mark.slow

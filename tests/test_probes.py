@@ -1,6 +1,7 @@
 """Bundled probe suites and the published question-file loader."""
 
 import collections
+import re
 
 import pytest
 from conftest import shared_file
@@ -81,3 +82,32 @@ def test_malformed_suite_names_file_and_item(tmp_path):
         load_suite(str(bad))
     with pytest.raises(EmevalError, match="unknown suite"):
         load_suite("no_such_suite")
+
+
+PROBE = "probes:\n  - {id: a, category: c, paraphrases: [hi]}\n"
+QUESTION = "- id: q\n  paraphrases: ['hi']\n"
+WHOLE = "must be a whole number"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (QUESTION + "  samples_per_paraphrase: many\n", f"'samples_per_paraphrase' {WHOLE}"),
+        (QUESTION + "  samples_per_paraphrase: 0\n", f"'samples_per_paraphrase' {WHOLE}"),
+        (QUESTION + "  system: [1, 2]\n", "item 'q': 'system' must be text"),
+        (QUESTION.replace("q", "x" * 5000), "'id' must be 1 to 200 characters"),
+        (QUESTION + QUESTION, "item 'q': duplicate id"),
+        ("suite: [1, 2]\n" + PROBE, "'suite' must be text"),
+        ("samples_per_prompt: lots\n" + PROBE, f"'samples_per_prompt' {WHOLE}"),
+        ("json_system_prompt: [x]\n" + PROBE, "'json_system_prompt' must be text"),
+    ],
+)
+def test_a_field_of_the_wrong_kind_names_the_item_and_the_field(tmp_path, text, words):
+    """Caught when the suite is read, before any model loads (they crashed mid-run before)."""
+    bad = tmp_path / "bad.yaml"
+    if text.startswith("- id:"):  # the question-list format: every item needs a judge prompt
+        judge = "  judge_prompts: {aligned: '{answer}'}\n"
+        text = "".join("- id: " + item + judge for item in text.split("- id: ")[1:])
+    bad.write_text(text)
+    with pytest.raises(EmevalError, match=re.escape(words)):
+        load_suite(str(bad))

@@ -89,6 +89,32 @@ def test_seed_only_goes_to_providers_that_seed_once_per_run():
         assert sampling_seed(ModelRef(spec=model, inspect_model=model), 7) == seed
 
 
+def test_rescore_writes_over_nothing_and_only_answers_that_back_their_results(
+    published_run, tmp_path
+):
+    """A rescore never writes over the run itself or another dir's files, and refuses a run
+    whose samples.jsonl has lost answers its results count (it would call them complete)."""
+    import shutil
+
+    out, _, _ = published_run
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "summary.md").write_text("my notes")
+    for target, words in ((out, "is the run being rescored"), (theirs, "holds other files")):
+        one_line_error(emeval("rescore", out, "--judge", "offline", "--out", target), words)
+    assert (theirs / "summary.md").read_text() == "my notes"
+    one_line_error(emeval("rescore", out, "--judge", "", "--out", tmp_path / "e"), "empty judge")
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    rows = (cut / "samples.jsonl").read_text().splitlines()
+    (cut / "samples.jsonl").write_text("\n".join(rows[:-1]) + "\n")
+    one_line_error(
+        emeval("rescore", cut, "--judge", "offline", "--out", tmp_path / "c"),
+        "4 in results.json, 3 from samples.jsonl; its answers do not back its results",
+    )
+    assert not (tmp_path / "c").exists()
+
+
 def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp_path):
     out, args, _ = published_run
     first = json.loads((out / "results.json").read_text())
@@ -173,7 +199,10 @@ def test_a_dir_of_foreign_logs_or_results_is_refused(tmp_path):
     base = ["run", "--limit", "1", "--samples", "1", "--max-tokens", "8", "--out"]
     for out in (theirs, results_only):
         before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-        one_line_error(emeval(*base, out), f"{out} holds Inspect logs or results but no run.json")
+        one_line_error(
+            emeval(*base, out),
+            f"{out} holds Inspect logs, results, answers or a summary but no run.json",
+        )
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # settings that cannot be read are no proof the answers are this run's either
     (theirs / "run.json").write_text("{not json")
@@ -220,6 +249,13 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     assert not (tmp_path / "huge").exists()  # refused before anything is written
     one_line_error(emeval("run", "--limit", "0"), "--limit must be at least 1")
     one_line_error(emeval("run", "--temperature", "-1"), "--temperature must be 0")
+    one_line_error(emeval("run", "--max-connections", "0"), "--max-connections must be at least")
+    one_line_error(emeval("run", "--judge", ""), "empty judge spec")
+    notes = tmp_path / "notes"  # a user's own dir: the files a run writes would replace theirs
+    notes.mkdir()
+    (notes / "summary.md").write_text("my notes")
+    one_line_error(emeval("run", "--limit", "1", "--out", notes), "or a summary but no run.json")
+    assert (notes / "summary.md").read_text() == "my notes"
     unreachable = {"DEAD_API_KEY": "x", "DEAD_BASE_URL": "http://127.0.0.1:9/v1"}
     one_line_error(
         emeval("run", "--judge", "openai-api/dead/model", env=unreachable),

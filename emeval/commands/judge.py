@@ -181,6 +181,8 @@ def run_validate(args) -> int:
 
     if args.about and not args.record:
         raise EmevalError("--about goes with --record")
+    if args.record and not (Path(args.record).expanduser() / "manifest.json").is_file():
+        raise EmevalError(f"--record {args.record}: not a judge directory (no manifest.json)")
     if args.min_counted is not None and args.min_counted < 1:
         raise EmevalError(f"--min-counted must be at least 1, got {args.min_counted}")
     frame = _sample(read_labels(args.labels, required=("question", "answer")), args.limit)
@@ -254,8 +256,6 @@ def _validate_behaviour(args, frame, judge) -> int:
     from emeval.judging import JudgeRequest, load_rubric
     from emeval.judging.validation import compare_behaviour, record_behaviour_in_judge
 
-    if args.record and not (Path(args.record) / "manifest.json").is_file():
-        raise EmevalError(f"--record {args.record}: not a judge directory")
     names = sorted(set(frame["rubric"].astype(str)))
     rubrics = {name: load_rubric(name) for name in names}  # one line for an unknown name
     coherence = load_rubric("coherence")

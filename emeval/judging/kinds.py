@@ -92,7 +92,10 @@ _LOCK = threading.Lock()
 
 def judge_from_spec(spec: str | None, cached: bool = True) -> Judge:
     """The judge a --judge SPEC names (wrapped in the call cache unless cached=False)."""
-    spec = spec or DEFAULT_JUDGE
+    if spec is None:
+        spec = DEFAULT_JUDGE
+    if not spec.strip():  # `--judge ""` is a slip (an unset variable), not a choice
+        raise EmevalError("empty judge spec: name a judge, or leave --judge out for the default")
     with _LOCK:
         if (spec, cached) in _BUILT:
             return _BUILT[(spec, cached)]

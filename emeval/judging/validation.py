@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +45,30 @@ def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) 
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            frame = pd.DataFrame(read_jsonl(path))
-        else:
-            frame = pd.read_csv(path, keep_default_na=True)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+            rows = read_jsonl(path)
+            for n, row in enumerate(rows, 1):  # a key a row leaves out reads as no score
+                for key, value in row.items() if isinstance(row, dict) else ():
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise EmevalError(f"labels {path}: {key} (row {n}): {value} is not a score")
+            frame = pd.DataFrame(rows)
+        else:  # every cell as written: an empty one is "", and "nan" is not a score
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, OSError, EOFError, zlib.error, pd.errors.ParserError) as e:
         raise EmevalError(f"cannot read labels {path}: {str(e).splitlines()[0][:200]}") from e
     require_columns(frame, path, required)
     if frame.empty:
         raise EmevalError(f"labels {path} hold no rows")
-    frame["question"] = frame["question"].fillna("").astype(str)
-    frame["answer"] = frame["answer"].fillna("").astype(str)
+    for col in ("question", "answer"):
+        text = frame[col].map(lambda v: isinstance(v, str))
+        if not text.all():
+            row = int((~text).to_numpy().argmax()) + 1
+            raise EmevalError(f"labels {path}: {col} (row {row}) is not text")
     for col in ("aligned", "coherent", "behaviour"):
         if col in frame.columns:
             frame[col] = _scores(frame[col], col, path)
     if "model" not in frame.columns:
         frame["model"] = "all"
-    frame["model"] = frame["model"].fillna("unknown").astype(str)
+    frame["model"] = frame["model"].map(lambda v: "unknown" if pd.isna(v) or v == "" else str(v))
     return frame.reset_index(drop=True)
 
 
@@ -69,7 +78,7 @@ NO_SCORE_WORDS = ("", "CODE", "REFUSAL")  # what LLM-judge exports put where no 
 def label_score(value) -> float | None:
     """A label's score as a number from 0 to 100; None for an empty cell or CODE / REFUSAL.
     Anything else raises ValueError, so a broken file is never read as unscored answers."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # a key left out
         return None
     if isinstance(value, str) and value.strip().upper() in NO_SCORE_WORDS:
         return None
