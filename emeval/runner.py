@@ -385,6 +385,9 @@ def rescore(
     out = out or run_dir / f"rescored-{_slug(judges[0].id)}"
     _check_rescore_dir(out, run_dir)
     records = read_records(run_dir)
+    unknown = sorted({r["probe_id"] for r in records} - {p.probe_id for p in suite.prompts})
+    if unknown:  # its rubrics would be a guess
+        raise EmevalError(f"{run_dir}: answers to probes not in the suite: {unknown[:3]}")
     wrong = answer_differences(previous, numbers_from_answers(previous, records))
     if wrong or not records:
         raise EmevalError(

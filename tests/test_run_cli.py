@@ -113,6 +113,12 @@ def test_rescore_writes_over_nothing_and_only_answers_that_back_their_results(
         "4 in results.json, 3 from samples.jsonl; its answers do not back its results",
     )
     assert not (tmp_path / "c").exists()
+    rows[0] = json.dumps(json.loads(rows[0]) | {"probe_id": "not_in_suite"})
+    (cut / "samples.jsonl").write_text("\n".join(rows) + "\n")
+    one_line_error(
+        emeval("rescore", cut, "--judge", "offline", "--out", tmp_path / "c"),
+        "answers to probes not in the suite: ['not_in_suite']",
+    )
 
 
 def test_rerun_reuses_answers_and_rescore_needs_no_generation(published_run, tmp_path):
