@@ -401,6 +401,20 @@ def test_markdown_shows_crafted_model_names_as_text(tmp_path):
         assert "&lt;img src=x onerror=alert(1)&gt;\\|m" in path.read_text(), path.name  # in a cell
 
 
+def every_reader_refuses(run, good, tmp_path, capsys, *words) -> None:
+    """The report, the gate (against `good`) and the leaderboard each refuse `run` in one
+    line, exit 2, holding every one of `words`."""
+    commands = (
+        ["report", str(run), "--out", str(tmp_path / "o")],
+        ["gate", str(run), "--baseline", str(good), "--out", str(tmp_path / "g")],
+        ["leaderboard", "publish", str(run), "--site", str(tmp_path / "s")],
+    )
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and all(w in err for w in words), (command, err)
+
+
 def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
     """samples.jsonl reaches the report, the gate and the leaderboard from anyone: a row that
     is JSON but not an answer with its verdicts is named by line, never a crash."""
@@ -414,15 +428,7 @@ def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
         rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
         edit(rows[1])
         (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        commands = (
-            ["report", str(run), "--out", str(tmp_path / "o")],
-            ["gate", str(run), "--baseline", str(good), "--out", str(tmp_path / "g")],
-            ["leaderboard", "publish", str(run), "--site", str(tmp_path / "s")],
-        )
-        for command in commands:
-            assert main(command) == 2, command
-            err = capsys.readouterr().err.strip()
-            assert "\n" not in err and "samples.jsonl:2: " + words in err, (command, err)
+        every_reader_refuses(run, good, tmp_path, capsys, "samples.jsonl:2: " + words)
 
 
 def _set(path: str, value):
@@ -458,16 +464,7 @@ def test_a_results_file_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys,
     results = json.loads((run / "results.json").read_text())
     edit(results)
     (run / "results.json").write_text(json.dumps(results))
-    commands = (
-        ["report", str(run), "--out", str(tmp_path / "o")],
-        ["gate", str(run), "--baseline", str(good), "--out", str(tmp_path / "g")],
-        ["leaderboard", "publish", str(run), "--site", str(tmp_path / "s")],
-    )
-    for command in commands:
-        assert main(command) == 2, command
-        err = capsys.readouterr().err.strip()
-        assert "\n" not in err and "results.json: not a results file" in err, (command, err)
-        assert words in err, (command, err)
+    every_reader_refuses(run, good, tmp_path, capsys, "results.json: not a results file", words)
     verdict = json.loads((tmp_path / "g" / "gate.json").read_text())
     assert verdict["outcome"] == "undecided"
     assert not (tmp_path / "s").exists()

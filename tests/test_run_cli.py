@@ -365,6 +365,18 @@ def test_inspect_eval_runs_the_registered_task(tmp_path, embedded_model_dir):
     assert len(judges) == 1 and next(iter(judges)).startswith("local:")
 
 
+def stopped_as_interrupted(proc, signum, out) -> None:
+    """Send a running `emeval run` the signal: it ends with the resume line, exit 130, and no
+    results that could pass for a finished run."""
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert err.strip().splitlines()[-1] == (
+        "emeval: interrupted; run the same command again to resume"
+    ), err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
+    assert not (out / "results.json").exists()
+
+
 def test_interrupted_run_resumes_without_regenerating(tmp_path):
     import signal
 
@@ -389,14 +401,8 @@ def test_interrupted_run_resumes_without_regenerating(tmp_path):
     assert done_before, "no sample finished before the deadline"
     # a second run on the same dir meanwhile would resume the first's log beside it
     one_line_error(emeval(*args), "is in use by another emeval run")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
     # Ctrl-C is the usual way to stop a run: one line saying how to resume, the shell's code
-    assert err.strip().splitlines()[-1] == (
-        "emeval: interrupted; run the same command again to resume"
-    ), err[-2000:]
-    assert proc.returncode == 130, err[-2000:]
-    assert not (out / "results.json").exists()
+    stopped_as_interrupted(proc, signal.SIGINT, out)
     first_log = read_eval_log(list_eval_logs(str(out / "logs"))[0])
     assert first_log.status != "success"
     finished = [s for s in first_log.samples or [] if s.scores and not s.error]
@@ -460,11 +466,5 @@ def test_kill_stops_a_run_as_ctrl_c_does(tmp_path, sigint):
         preexec_fn=lambda: signal.signal(signal.SIGINT, mode),
     )  # fmt: skip
     assert wait_for_a_finished_sample(proc, out / "logs"), "no sample finished before the deadline"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert err.strip().splitlines()[-1] == (
-        "emeval: interrupted; run the same command again to resume"
-    ), err[-2000:]
-    assert proc.returncode == 130, err[-2000:]
-    assert not (out / "results.json").exists()
+    stopped_as_interrupted(proc, signal.SIGTERM, out)
     assert read_eval_log(list_eval_logs(str(out / "logs"))[0]).status != "success"
