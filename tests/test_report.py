@@ -474,4 +474,4 @@ def test_incomplete_results_that_say_complete_are_refused(tmp_path, capsys):
     run = make_run(tmp_path / "run", model_spec="m", misaligned=4, aligned=36)
     (run / "results.json").rename(run / "results.incomplete.json")
     assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 2
-    assert "an incomplete run's results say complete" in capsys.readouterr().err
+    assert "results.incomplete.json says 'complete'" in capsys.readouterr().err
