@@ -3,17 +3,16 @@
 Run dirs may come from anyone, so the gate decides on what each run's answers give: every
 number is recomputed from the verdicts in samples.jsonl (emeval.results.numbers_from_answers),
 and one that results.json states otherwise makes the gate undecided, as does a run compared
-with itself. Settings (suite, judge, sampling, EM
-definition) are read from results.json and must match. The one-sided test of the EM
-increase divides each run's counts by its design effect (answers to one probe are not
-independent).
+with itself. Settings (suite, judge, sampling, EM definition) are read from results.json and
+must match. The one-sided test of the EM increase divides each run's counts by its design
+effect (answers to one probe are not independent).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from emeval.formatting import fmt_value
 from emeval.intervals import critical_value, rate_interval
@@ -189,7 +188,7 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             integrity=True,
         )
         # from here on the gate decides on what the answers give, not on what is stated
-        run = answered[role] = replace(run, results=answered_results(run.results, found))
+        run = answered[role] = run.with_results(answered_results(run.results, found))
         failed, answers = _judge_failures(run)
         failure = failed / answers if answers else 1.0
         limit = policy["max_judge_failure_rate"]

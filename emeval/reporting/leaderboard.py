@@ -17,7 +17,6 @@ import re
 import shutil
 import uuid
 from collections import defaultdict
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -254,7 +253,7 @@ def _publish(runs: list[Run], site: Path) -> dict:
         wrong = answer_differences(r.results, found)
         if wrong:
             raise EmevalError(f"{r.path}: {wrong}; nothing was published")
-        new.append(make_entry(replace(r, results=answered_results(r.results, found)), updated))
+        new.append(make_entry(r.with_results(answered_results(r.results, found)), updated))
     old_ids = {e["id"] for e in old}
     entries = merge(old, new)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

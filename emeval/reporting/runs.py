@@ -8,7 +8,7 @@ manifest (the untrained base). Without either, the condition is "unknown".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -101,6 +101,14 @@ class Run:
         """The contexts the run's probes were asked in, {name: frame} (the plain one's frame
         is None); empty for a run without --context-from."""
         return {name: e.get("frame") for name, e in (self.results.get("contexts") or {}).items()}
+
+    def with_results(self, results: dict) -> Run:
+        """This run dir read with other results (its numbers recomputed from its answers),
+        sharing the answers already read rather than reading samples.jsonl again."""
+        other = replace(self, results=results)
+        if "records" in self.__dict__:  # cached_property keeps its value in __dict__
+            other.__dict__["records"] = self.records
+        return other
 
     def metric(self, name: str) -> dict | None:
         return self.results.get("metrics", {}).get(name)
