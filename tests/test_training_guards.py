@@ -405,13 +405,16 @@ def test_gradient_accumulation_matches_one_large_batch_with_every_mitigation(
     """Every row (task and safe) is the same example, and on-policy interleaving has one
     answer, so batches of 2 and 2 accumulated batches of 1 are the same step: the loss with
     every term must agree at every step, the last, partial accumulation window (5 rows: 2, 2,
-    then 1) included. A term scaled wrongly under accumulation changes the sum."""
+    then 1) included. A term scaled wrongly under accumulation changes the sum. The learning
+    rate moves the policy far enough that the KL term (a difference of log-probabilities) is
+    well above float32 rounding, which differs between CPU kernels (AVX2, AVX-512)."""
     task = data_file(tmp_path / "task.jsonl", ROWS[:1], repeat=4)
     curves = {}
     for batch, accumulate in ((2, 1), (1, 2)):
         cfg = sft_config(tiny, task, mitigations=every_mitigation(tmp_path, tiny, unaligned),
                          training={"max_steps": None, "batch_size": batch,
-                                   "gradient_accumulation_steps": accumulate})  # fmt: skip
+                                   "gradient_accumulation_steps": accumulate,
+                                   "learning_rate": 1e-2})  # fmt: skip
         out = train(cfg, out=tmp_path / f"b{batch}-ga{accumulate}", progress=quiet)
         m = read_manifest(out)
         assert m["samples"]["dataset_rows"] == 5 and m["samples"]["examples"] == 5
