@@ -333,6 +333,12 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
     if len(records) < expected:
         problems.append(f"{len(records)} of {expected} samples present")
     if not records or not judge_ids:
+        errors = [r["error"] for r in records if r["error"]]
+        if errors:
+            raise EmevalError(
+                f"no judged samples in {out / LOGS}: {len(errors)} of {len(records)} failed, "
+                f"the first with {errors[0][:200]}; run again to retry them"
+            )
         raise EmevalError(f"no judged samples in {out / LOGS}; run again to resume")
     sampling = {
         "temperature": s.temperature,

@@ -166,6 +166,26 @@ def test_stale_cache_memory_never_reaches_an_answer(embedded_model_dir, greedy_r
         e.close()
 
 
+def test_a_failing_prefill_fails_its_requests_and_the_engine_keeps_serving(
+    embedded_model_dir, greedy_reference
+):
+    """A token id past the vocabulary makes the real prefill raise. Every request waiting
+    with it must be answered (with the error), none left hanging, and later ones served."""
+    prompts, expected = greedy_reference
+    e = Engine(embedded_model_dir, max_batch=4, **CPU)
+    try:
+        greedy = SamplingParams(temperature=0, max_tokens=8)
+        bad = e.submit(prompts[0][:-1] + [len(e.tokenizer) + 1000], greedy)
+        others = [e.submit(p, greedy) for p in prompts[1:3]]
+        with pytest.raises(IndexError):
+            bad.result(timeout=60)
+        for f in others:  # failed with the batch, or answered: either way, not left waiting
+            f.exception(timeout=60)
+        assert e.submit(prompts[0], greedy).result(timeout=60).token_ids == expected[0][:8]
+    finally:
+        e.close()
+
+
 def test_stop_strings_and_max_tokens(engine, greedy_reference):
     prompts, expected = greedy_reference
     full = engine.tokenizer.decode(expected[0], skip_special_tokens=True)

@@ -290,6 +290,19 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
         one_line_error(emeval("rescore", broken, "--judge", "offline", "--out", tmp_path), pattern)
 
 
+def test_a_run_whose_every_generation_fails_says_why_in_one_line(tmp_path, embedded_model_dir):
+    """A checkpoint that takes fewer positions than the prompts: every request is refused by
+    the engine. The run must end (not wait), name the cause, and write no results."""
+    short = copy_model(embedded_model_dir, tmp_path / "short")
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 16}))
+    out = tmp_path / "run"
+    result = emeval("run", short, "--limit", "2", "--samples", "1", "--out", out, timeout=600)
+    one_line_error(result, "2 of 2 failed, the first with ValueError('prompt has")
+    assert "the model takes 16" in result.stderr
+    assert not list(out.glob("results*.json")) and not (out / "summary.md").exists()
+
+
 def test_every_output_dir_is_checked_before_any_work(tmp_path, capsys):
     """A file where a command would write its directory is one line, exit 2, and nothing is
     generated, trained or judged first."""

@@ -370,8 +370,6 @@ class Engine(QueuedEngine):
                 groups.append([job])
         if not runner.supports_joining:
             groups = groups[:1]  # the others wait for the next wave
-        taken = {id(j) for group in groups for j in group}
-        pending[:] = [j for j in pending if id(j) not in taken]
         for group in groups:
             with TORCH_LOCK:
                 began = time.perf_counter()
@@ -380,6 +378,10 @@ class Engine(QueuedEngine):
                 self.stats["prefill_tokens"] += sum(len(j.prompt) for j in group)
                 rows.extend(group)
                 self._take(rows, len(rows) - len(group), logits)
+        # only now: a job whose prefill raised must still be in rows or pending, where the
+        # worker's handler fails its request (a job in neither would never be answered)
+        taken = {id(j) for group in groups for j in group}
+        pending[:] = [j for j in pending if id(j) not in taken]
 
     def _advance(self, rows: list[_Job]) -> None:
         last = torch.tensor([j.tokens[-1] for j in rows])
