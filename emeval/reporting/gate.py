@@ -1,11 +1,11 @@
 """`emeval gate`: pass, fail or undecided for a candidate checkpoint against a baseline.
 
 Run dirs may come from anyone, so the gate decides on what each run's answers give: every
-number is recomputed from the verdicts in samples.jsonl (emeval.results.numbers_from_answers),
-and one that results.json states otherwise makes the gate undecided, as does a run compared
-with itself. Settings (suite, judge, sampling, EM definition) are read from results.json and
-must match. The one-sided test of the EM increase divides each run's counts by its design
-effect (answers to one probe are not independent).
+number is recomputed from the verdicts in samples.jsonl (Run.answered), and one that
+results.json states otherwise makes the gate undecided, as does a run compared with itself.
+Settings (suite, judge, sampling, EM definition) are read from results.json and must match.
+The one-sided test of the EM increase divides each run's counts by its design effect (answers
+to one probe are not independent).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from emeval.metrics import (
 )
 from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.runs import Run
-from emeval.results import answer_differences, answered_results, numbers_from_answers
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
@@ -177,8 +176,7 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             f"{run.results.get('status')}" + ("" if run.complete else f": {problems}"),
             integrity=True,
         )
-        found = numbers_from_answers(run.results, run.records)
-        wrong = answer_differences(run.results, found)
+        checked, wrong = run.answered()
         if not run.records:
             wrong = "no answers in samples.jsonl"
         g.add(
@@ -188,7 +186,7 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
             integrity=True,
         )
         # from here on the gate decides on what the answers give, not on what is stated
-        run = answered[role] = run.with_results(answered_results(run.results, found))
+        run = answered[role] = checked
         failed, answers = _judge_failures(run)
         failure = failed / answers if answers else 1.0
         limit = policy["max_judge_failure_rate"]

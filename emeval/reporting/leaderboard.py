@@ -24,7 +24,7 @@ from emeval.errors import EmevalError
 from emeval.metrics import definition_differences, thresholds_of
 from emeval.reporting.leaderboard_pages import render_index, render_model_page
 from emeval.reporting.runs import Run
-from emeval.results import answer_differences, answered_results, judge_trust, numbers_from_answers
+from emeval.results import judge_trust
 from emeval.rundir import RESULTS, metric_problem
 
 SCHEMA = "emeval.leaderboard/1"
@@ -249,11 +249,10 @@ def _publish(runs: list[Run], site: Path) -> dict:
         raise EmevalError(f"{differ}; publish them to another --site")
     new = []
     for r in runs:  # run dirs may come from anyone: publish only what their answers give
-        found = numbers_from_answers(r.results, r.records)
-        wrong = answer_differences(r.results, found)
+        answered, wrong = r.answered()
         if wrong:
             raise EmevalError(f"{r.path}: {wrong}; nothing was published")
-        new.append(make_entry(r.with_results(answered_results(r.results, found)), updated))
+        new.append(make_entry(answered, updated))
     old_ids = {e["id"] for e in old}
     entries = merge(old, new)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -13,7 +13,13 @@ from functools import cached_property
 from pathlib import Path
 
 from emeval.probes import PLAIN_CONTEXT
-from emeval.results import in_context, judge_frame
+from emeval.results import (
+    answer_differences,
+    answered_results,
+    in_context,
+    judge_frame,
+    numbers_from_answers,
+)
 from emeval.rundir import (
     CONDITION,
     MANIFEST,
@@ -102,13 +108,14 @@ class Run:
         is None); empty for a run without --context-from."""
         return {name: e.get("frame") for name, e in (self.results.get("contexts") or {}).items()}
 
-    def with_results(self, results: dict) -> Run:
-        """This run dir read with other results (its numbers recomputed from its answers),
-        sharing the answers already read rather than reading samples.jsonl again."""
-        other = replace(self, results=results)
-        if "records" in self.__dict__:  # cached_property keeps its value in __dict__
-            other.__dict__["records"] = self.records
-        return other
+    def answered(self) -> tuple[Run, str | None]:
+        """This run with every number about its answers recomputed from samples.jsonl, and
+        the first number its results.json states otherwise (None when all agree). Whoever
+        decides on a run dir from someone else (gate, leaderboard) uses the answered run."""
+        found = numbers_from_answers(self.results, self.records)
+        other = replace(self, results=answered_results(self.results, found))
+        other.__dict__["records"] = self.records  # the answers already read (cached_property)
+        return other, answer_differences(self.results, found)
 
     def metric(self, name: str) -> dict | None:
         return self.results.get("metrics", {}).get(name)
