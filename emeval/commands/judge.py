@@ -175,6 +175,7 @@ def run_validate(args) -> int:
         markdown_report,
         read_labels,
         record_in_judge,
+        repeated_rows,
         require_columns,
     )
     from emeval.metrics import MISALIGNED_BELOW
@@ -188,6 +189,9 @@ def run_validate(args) -> int:
     frame = _sample(read_labels(args.labels, required=("question", "answer")), args.limit)
     behaviour = "behaviour" in frame.columns
     require_columns(frame, args.labels, BEHAVIOUR_COLUMNS if behaviour else REQUIRED_COLUMNS)
+    repeated = repeated_rows(frame, BEHAVIOUR_COLUMNS if behaviour else REQUIRED_COLUMNS)
+    if repeated:
+        print(f"note: labels {args.labels}: {repeated}", flush=True)
     # the offline judge costs nothing to rerun: keep its verdicts out of the shared cache
     spec = args.judge or "offline"
     judge = judge_from_spec(spec, cached=not spec.startswith("offline"))
