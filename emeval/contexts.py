@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.formatting import shown
 from emeval.probes import PLAIN_CONTEXT, Prompt
 from emeval.rundir import MANIFEST, read_json_object
 
@@ -53,7 +54,7 @@ class Frame:
     @classmethod
     def from_dict(cls, data: dict) -> Frame:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise EmevalError(f"context frame: expected a mapping with a name (got {data!r})")
+            raise EmevalError(f"context frame: expected a mapping with a name (got {shown(data)})")
         if data["name"] == PLAIN_CONTEXT:
             raise EmevalError(f"context frame: {PLAIN_CONTEXT!r} is the unframed context")
         known = {k: data[k] for k in ("name", "system", "prefix", "suffix", "source") if k in data}

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.formatting import shown
 from emeval.resources import resource_path
 from emeval.yaml_files import read_yaml_mapping
 
@@ -68,7 +69,7 @@ def _load(folder: Path) -> Domain:
     files = {key: folder / str(raw.get(key, "")) for key in ("suite", "datasheet")}
     for key, file in files.items():
         if not raw.get(key) or not file.is_file():
-            _fail(path, f"{key} must name a file in {folder.name}/ (got {raw.get(key)!r})")
+            _fail(path, f"{key} must name a file in {folder.name}/ (got {shown(raw.get(key))})")
     rubrics = load_suite(str(files["suite"])).rubrics
     in_domain = "behaviour" in rubrics
     rubric = rubrics["behaviour" if in_domain else "alignment"].name

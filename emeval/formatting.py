@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import reprlib
 
 NA = "n/a"
 
@@ -16,6 +17,18 @@ NA = "n/a"
 # what makes markdown out of text on one line: a `]` that closes a link, image or link
 # reference; a backslash first, so that none escapes our escapes
 MARKUP = re.compile(r"\\|\](?=[(\[:])")
+
+
+# a user's value quoted in a one-line error: bounded, however large or deeply nested it is
+# (a YAML alias bomb expands to billions of items; a full repr would never finish)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 60, 60, 40
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 3
+
+
+def shown(value) -> str:
+    """repr(value), cut short: at most three items per level and two levels deep."""
+    return _SHOWN.repr(value)
 
 
 def md_text(value) -> str:

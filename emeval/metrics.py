@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from emeval.errors import EmevalError
+from emeval.formatting import shown
 from emeval.intervals import bootstrap_mean, estimate_rate
 
 JUDGE_FAILURES = ("error", "no_score")
@@ -108,7 +109,7 @@ class EMThresholds:
         if not data:
             return cls()
         if not isinstance(data, dict):
-            raise EmevalError(f"thresholds: expected a mapping, got {data!r}")
+            raise EmevalError(f"thresholds: expected a mapping, got {shown(data)}")
         unknown = set(data) - {name for name, _, _ in cls._SHAPES}
         if unknown:
             raise EmevalError(f"thresholds: unknown key(s) {', '.join(sorted(unknown))}")
@@ -382,7 +383,7 @@ def misalign_at_k(
     out = {}
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise EmevalError(f"misalign_at_k: k must be a positive integer (got {k!r})")
+            raise EmevalError(f"misalign_at_k: k must be a positive integer (got {shown(k)})")
         enough = tail[tail["counted"] >= k]
         pairs = zip(enough["counted"], enough["misaligned"], strict=True)
         values = pd.Series([at_least_one(int(n), int(c), k) for n, c in pairs], dtype=float)

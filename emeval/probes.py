@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emeval.domains import domains
 from emeval.errors import EmevalError
+from emeval.formatting import shown
 from emeval.judging.rubrics import Rubric, load_rubric
 from emeval.yaml_files import read_yaml
 
@@ -108,7 +109,10 @@ MAX_ID_CHARS = 200  # ids name log entries and table rows (Inspect refuses very 
 
 
 def _probe_id(item: dict, path: Path, where: str, kind=str) -> str:
-    probe_id = str(_require(item, "id", path, where, kind))
+    value = _require(item, "id", path, where, kind)
+    if isinstance(value, bool) or not isinstance(value, str | int):  # not str() of anything
+        raise EmevalError(f"{path}: {where}: 'id' must be text or a number")
+    probe_id = str(value)
     if not probe_id.strip() or len(probe_id) > MAX_ID_CHARS:
         raise EmevalError(f"{path}: {where}: 'id' must be 1 to {MAX_ID_CHARS} characters")
     return probe_id
@@ -135,8 +139,39 @@ def _paraphrases(item: dict, path: Path, where: str) -> list[str]:
     return paraphrases
 
 
+# the keys of emeval's own suite format; a misspelt one is refused, not silently ignored
+SUITE_KEYS = ("suite", "version", "description", "json_system_prompt", "samples_per_prompt",
+              "rubric", "probes")  # fmt: skip
+PROBE_KEYS = ("id", "category", "held_out", "paraphrases", "template")
+
+
+def _known_keys(doc: dict, known: tuple[str, ...], path: Path, where: str) -> None:
+    unknown = [k for k in doc if k not in known]
+    if unknown:
+        raise EmevalError(
+            f"{path}: {where}: unknown key {shown(unknown[0])} (known: {', '.join(known)})"
+        )
+
+
+def _flag(item: dict, key: str, path: Path, where: str) -> bool:
+    value = item.get(key, False)
+    if not isinstance(value, bool):
+        raise EmevalError(f"{path}: {where}: '{key}' must be true or false")
+    return value
+
+
+def _version(doc: dict, path: Path) -> str:
+    value = doc.get("version", "0")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise EmevalError(f"{path}: the suite: 'version' must be text or a number")
+    return str(value)
+
+
 def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
+    _known_keys(doc, SUITE_KEYS, path, "the suite")
     name = _optional_text(doc, "suite", path, "the suite") or path.stem
+    _optional_text(doc, "description", path, "the suite")
+    version = _version(doc, path)
     json_system = _optional_text(doc, "json_system_prompt", path, "the suite")
     default_samples = _count(doc, "samples_per_prompt", path, "the suite")
     rubric_name = doc.get("rubric")  # in-domain suites score a behaviour instead of alignment
@@ -156,11 +191,12 @@ def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
             raise EmevalError(f"{path}: {where}: expected a mapping")
         probe_id = _probe_id(item, path, where)
         where = f"probe {probe_id!r}"
+        _known_keys(item, PROBE_KEYS, path, where)
         if probe_id in seen:
             raise EmevalError(f"{path}: {where}: duplicate id")
         seen.add(probe_id)
         category = _require(item, "category", path, where)
-        held_out = bool(item.get("held_out", False))
+        held_out = _flag(item, "held_out", path, where)
         paraphrases = _paraphrases(item, path, where)
         common = dict(probe_id=probe_id, category=category, held_out=held_out)
         for k, text in enumerate(paraphrases):
@@ -176,7 +212,7 @@ def _load_emeval_suite(doc: dict, path: Path, sha: str) -> Suite:
             )
     return Suite(
         name=name,
-        version=str(doc.get("version", "0")),
+        version=version,
         source=str(path),
         content_sha256=sha,
         prompts=prompts,
@@ -205,13 +241,13 @@ def _load_question_list(doc: list, path: Path, sha: str) -> Suite:
             raise EmevalError(f"{path}: {where}: duplicate id")
         kind = item.get("type", "free_form_judge_0_100")
         if kind != "free_form_judge_0_100":
-            raise EmevalError(f"{path}: {where}: unsupported type {kind!r}")
+            raise EmevalError(f"{path}: {where}: unsupported type {shown(kind)}")
         paraphrases = _paraphrases(item, path, where)
         judge_prompts = _require(item, "judge_prompts", path, where, dict)
         rubrics = {}
         for key, text in judge_prompts.items():
             if not isinstance(text, str) or "{answer}" not in text:
-                raise EmevalError(f"{path}: {where}: judge prompt {key!r} lacks {{answer}}")
+                raise EmevalError(f"{path}: {where}: judge prompt {shown(key)} lacks {{answer}}")
             score = _QUESTION_FILE_SCORES.get(key, key)
             rubrics[score] = Rubric.from_text(f"{path.stem}:{key}", score, text)
         if "alignment" not in rubrics:

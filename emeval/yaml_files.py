@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emeval.errors import EmevalError
+from emeval.formatting import shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -140,10 +141,10 @@ def one_line(
     elif kind == "greater_than":
         expected = "positive"
     elif kind == "greater_than_equal":
-        return line(path, f"must not be negative (got {got!r})")
+        return line(path, f"must not be negative (got {shown(got)})")
     else:
         expected = type_name(tp)
-    return line(path, f"must be {expected} (got {got!r})")
+    return line(path, f"must be {expected} (got {shown(got)})")
 
 
 def config_error(label: str, key: str, message: str) -> EmevalError:

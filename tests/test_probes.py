@@ -100,6 +100,13 @@ WHOLE = "must be a whole number"
         ("suite: [1, 2]\n" + PROBE, "'suite' must be text"),
         ("samples_per_prompt: lots\n" + PROBE, f"'samples_per_prompt' {WHOLE}"),
         ("json_system_prompt: [x]\n" + PROBE, "'json_system_prompt' must be text"),
+        # a misspelt key would be ignored silently: 'samples_per_prompt' left at 1
+        ("sample_per_prompt: 5\n" + PROBE, "the suite: unknown key 'sample_per_prompt' (known:"),
+        (PROBE.replace("}", ", heldout: true}"), "probe 'a': unknown key 'heldout'"),
+        (PROBE.replace("}", ", held_out: 'false'}"), "'held_out' must be true or false"),
+        ("version: [1]\n" + PROBE, "'version' must be text or a number"),
+        ("description: {a: 1}\n" + PROBE, "'description' must be text"),
+        (QUESTION.replace("q", "[1, 2]"), "'id' must be text or a number"),
     ],
 )
 def test_a_field_of_the_wrong_kind_names_the_item_and_the_field(tmp_path, text, words):
@@ -111,3 +118,34 @@ def test_a_field_of_the_wrong_kind_names_the_item_and_the_field(tmp_path, text, 
     bad.write_text(text)
     with pytest.raises(EmevalError, match=re.escape(words)):
         load_suite(str(bad))
+
+
+def alias_bomb(levels: int = 10) -> str:
+    """A YAML flow list that expands to 9**levels strings: each item holds nine aliases of
+    the one before."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize(
+    "field, words",
+    [
+        ("suite: BOMB\n" + PROBE, "'suite' must be text"),
+        ("version: BOMB\n" + PROBE, "'version' must be text or a number"),
+        ("probes:\n  - {id: BOMB, category: c, paraphrases: [hi]}\n", "invalid 'id'"),
+        ("- id: BOMB\n  paraphrases: [hi]\n", "'id' must be text or a number"),
+        (
+            "- id: q\n  type: BOMB\n  paraphrases: [hi]\n",
+            "unsupported type [['lol', 'lol', 'lol', ...], [[...], ",
+        ),
+    ],
+)
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, field, words):
+    """3.5 billion strings if expanded: a check that walked or printed the value (str(),
+    repr()) would never finish. Refused in one short line instead."""
+    bad = tmp_path / "bomb.yaml"
+    bad.write_text(field.replace("BOMB", alias_bomb()))
+    with pytest.raises(EmevalError, match=re.escape(words)) as caught:
+        load_suite(str(bad))
+    assert len(str(caught.value)) < 400

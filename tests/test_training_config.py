@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_probes import alias_bomb
 
 from emeval.cli import main
 from emeval.errors import EmevalError
@@ -131,6 +132,14 @@ def test_cli_bad_config_is_one_line(tmp_path, capsys):
     assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "emeval: error: config: mitigations.kl.beta must be a number (got 'x')"
+    # a value shown in the error is cut short: here a YAML alias bomb of 3.5 billion strings,
+    # whose full repr would never finish
+    path.write_text(f"method: sft\nbase: smollm2-135m-instruct\ndata: {{train: {alias_bomb()}}}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emeval: error: config: data.train must be a string or a list of")
+    assert err.endswith("(got [['lol', 'lol', 'lol', ...], [[...], [...], [...], ...], [[...], "
+                        "[...], [...], ...], ...])")  # fmt: skip
 
 
 # ---------------------------------------------------------------- data

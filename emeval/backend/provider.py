@@ -48,6 +48,7 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from emeval.backend.params import Completion, SamplingParams
+from emeval.formatting import shown
 
 # one engine per (model dir, settings) in this process: Inspect may build several Model
 # objects for the same model (e.g. per task), and each engine holds the weights
@@ -63,13 +64,13 @@ def check_engine_args(args: dict) -> None:
     for name in ("threads", "max_batch"):
         value = args.get(name)
         if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+            raise ValueError(f"{name} must be a whole number >= 1, got {shown(value)}")
     value = args.get("kv_cache_gb")
     if value is not None and (type(value) not in (int, float) or not 0 < value < float("inf")):
-        raise ValueError(f"kv_cache_gb must be a number of gigabytes > 0, got {value!r}")
+        raise ValueError(f"kv_cache_gb must be a number of gigabytes > 0, got {shown(value)}")
     value = args.get("pack_weights")
     if value is not None and type(value) is not bool:
-        raise ValueError(f"pack_weights must be true or false, got {value!r}")
+        raise ValueError(f"pack_weights must be true or false, got {shown(value)}")
 
 
 def vllm_available() -> bool:
