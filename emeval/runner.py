@@ -250,10 +250,16 @@ def _generate_and_judge(
     try:
         if previous:
             last = read_eval_log(previous[0], header_only=True)
-            if last.status == "success":
-                _say(f"reusing finished answers in {previous[0].name}")
-                return read_eval_log(previous[0])
-            _say(f"resuming {last.status} run from {previous[0].name}")
+            failed = 0
+            if last.status == "success":  # with fail_on_error=False, failed samples included
+                done = read_eval_log(previous[0])
+                failed = sum(1 for sample in done.samples or [] if sample.error)
+                if not failed:
+                    _say(f"reusing finished answers in {previous[0].name}")
+                    return done
+                _say(f"generating again the {failed} samples that failed in {previous[0].name}")
+            else:
+                _say(f"resuming {last.status} run from {previous[0].name}")
             logs = eval_retry(previous[0], **common)
         else:
             task_args, prompts = plan
@@ -319,13 +325,16 @@ def records_from_log(log) -> list[dict]:
 def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: Path) -> Path:
     suite = load_suite(suite_name)
     records = records_from_log(log)
-    judge_ids = list(records[0]["judges"]) if records and records[0]["judges"] else []
+    judged = next((r["judges"] for r in records if r["judges"]), {})  # the first may have failed
+    judge_ids = list(judged)
     problems = []
     if log.status != "success":
         problems.append(f"inspect eval status: {log.status}")
     failed = [r for r in records if r["error"] or not r["judges"]]
     if failed:
-        problems.append(f"{len(failed)} samples failed to generate or score")
+        errors = [r["error"] for r in failed if r["error"]]
+        why = f" (the first: {errors[0][:200]}); run again to retry them" if errors else ""
+        problems.append(f"{len(failed)} samples failed to generate or score{why}")
     expected = log.eval.dataset.samples or 0
     limit = log.eval.config.limit  # set by Inspect in runs from before the task took the limit
     expected = min(expected, limit) if isinstance(limit, int) else expected

@@ -290,17 +290,42 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
         one_line_error(emeval("rescore", broken, "--judge", "offline", "--out", tmp_path), pattern)
 
 
-def test_a_run_whose_every_generation_fails_says_why_in_one_line(tmp_path, embedded_model_dir):
-    """A checkpoint that takes fewer positions than the prompts: every request is refused by
-    the engine. The run must end (not wait), name the cause, and write no results."""
+def test_failed_generations_are_named_and_the_rerun_retries_them(tmp_path, embedded_model_dir):
+    """A checkpoint that takes fewer positions than some prompts: the engine refuses those
+    requests. Every sample failed: one line naming the cause, no results. Some failed (the
+    first sample among them): results.incomplete.json naming the cause. Once the cause is
+    fixed, the same command generates the failed samples again: Inspect's log says 'success'
+    (fail_on_error=False), but a log with failed samples is not reused as finished."""
     short = copy_model(embedded_model_dir, tmp_path / "short")
     config = json.loads((short / "config.json").read_text())
-    (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 16}))
-    out = tmp_path / "run"
-    result = emeval("run", short, "--limit", "2", "--samples", "1", "--out", out, timeout=600)
-    one_line_error(result, "2 of 2 failed, the first with ValueError('prompt has")
+
+    def positions(n: int) -> None:
+        (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": n}))
+
+    def run(out):  # the first prompt of the general suite has 90 tokens, the second 55
+        args = ["run", short, "--limit", "2", "--samples", "1", "--max-tokens", "8"]
+        return emeval(*args, "--out", out, timeout=600)
+
+    positions(16)
+    result = run(tmp_path / "none")
+    one_line_error(result, "2 of 2 failed, the first with ValueError('prompt has 90 tokens")
     assert "the model takes 16" in result.stderr
-    assert not list(out.glob("results*.json")) and not (out / "summary.md").exists()
+    assert not list((tmp_path / "none").glob("results*.json"))
+    positions(60)
+    out = tmp_path / "some"
+    assert run(out).returncode == 3
+    incomplete = json.loads((out / "results.incomplete.json").read_text())
+    assert incomplete["counts"]["samples"] == 1 and incomplete["problems"] == [
+        "1 samples failed to generate or score (the first: ValueError('prompt has 90 tokens; "
+        "the model takes 60')); run again to retry them"
+    ]
+    positions(config["max_position_embeddings"])
+    again = run(out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "generating again the 1 samples that failed in" in again.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and results["counts"]["samples"] == 2
+    assert not (out / "results.incomplete.json").exists()
 
 
 def test_every_output_dir_is_checked_before_any_work(tmp_path, capsys):
