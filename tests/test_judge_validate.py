@@ -154,7 +154,6 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert "not a judge directory" in err.err and "judging" not in err.out + err.err
 
 
-@pytest.mark.slow
 def test_repeated_rows_are_named_before_the_figures(tmp_path, capsys):
     """A labels file stitched together twice counts those answers twice: validate says so,
     and how many repeated answers carry differing labels (two verdicts on one answer)."""
@@ -181,6 +180,7 @@ def test_repeated_rows_are_named_before_the_figures(tmp_path, capsys):
     ) in out
 
 
+@pytest.mark.slow
 def test_validate_offline_judge_on_real_gpt4o_verdicts(tmp_path):
     if not SHARED_DEV.is_file():
         pytest.skip(f"reference verdicts not present: {SHARED_DEV}")
