@@ -250,7 +250,6 @@ def _generate_and_judge(
     try:
         if previous:
             last = read_eval_log(previous[0], header_only=True)
-            failed = 0
             if last.status == "success":  # with fail_on_error=False, failed samples included
                 done = read_eval_log(previous[0])
                 failed = sum(1 for sample in done.samples or [] if sample.error)
@@ -331,8 +330,8 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
     if log.status != "success":
         problems.append(f"inspect eval status: {log.status}")
     failed = [r for r in records if r["error"] or not r["judges"]]
+    errors = [r["error"] for r in records if r["error"]]  # each of them is also in failed
     if failed:
-        errors = [r["error"] for r in failed if r["error"]]
         why = f" (the first: {errors[0][:200]}); run again to retry them" if errors else ""
         problems.append(f"{len(failed)} samples failed to generate or score{why}")
     expected = log.eval.dataset.samples or 0
@@ -342,7 +341,6 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
     if len(records) < expected:
         problems.append(f"{len(records)} of {expected} samples present")
     if not records or not judge_ids:
-        errors = [r["error"] for r in records if r["error"]]
         if errors:
             raise EmevalError(
                 f"no judged samples in {out / LOGS}: {len(errors)} of {len(records)} failed, "
