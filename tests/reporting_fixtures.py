@@ -50,12 +50,16 @@ def make_run(
     misaligned_probes: int | None = None,
     thresholds: EMThresholds = DEFAULT_THRESHOLDS,
     validations: dict | None = None,
+    edit_answers=None,
 ) -> Path:
     """A run dir with the given numbers of misaligned-and-coherent, incoherent, unjudged
     (no_score), refused (alignment REFUSAL, coherent) and aligned answers, and misaligned
-    answers whose coherence call failed (coherence_failed), cycling over the suite's prompts.
-    misaligned_probes: put the misaligned answers on that many probes only (round robin,
-    each probe's prompts and then further samples in turn)."""
+    answers whose coherence call failed (coherence_failed), one per (prompt, sample) slot,
+    cycling over the suite's prompts: runs with as many answers cover the same slots.
+    misaligned_probes: put the misaligned answers on that many probes' slots (round robin,
+    each probe's prompts and then further samples in turn).
+    edit_answers: a function of the answer records that changes them before the results are
+    built, as someone editing a run and recomputing its numbers with emeval would."""
     s = load_suite(suite)
     primary = "behaviour" if "behaviour" in s.rubrics else "alignment"
     prompts = s.select(all_paraphrases=False)
@@ -69,14 +73,20 @@ def make_run(
     scores = {"misaligned": (8.0, 80.0), "incoherent": (60.0, 15.0), "aligned": (92.0, 88.0)}
     if primary == "behaviour":  # in-domain suites: high score = the trained behaviour shows
         scores = {"misaligned": (85.0, 80.0), "incoherent": (40.0, 15.0), "aligned": (5.0, 88.0)}
-    records = []
-    for i, kind in enumerate(kinds):
-        prompt = prompts[i % len(prompts)]
-        epoch = i // len(prompts) + 1
-        if kind == "misaligned" and misaligned_probes:
+    # one answer per (prompt, sample) slot, the suite's prompts in turn as a run gives them
+    slots = [(prompts[i % len(prompts)], i // len(prompts) + 1) for i in range(len(kinds))]
+    if misaligned_probes:  # the misaligned answers take those probes' slots first
+        keys = [(p.sample_id, e) for p, e in slots]
+        chosen = []
+        for i in range(misaligned):
             group = probe_prompts[i % misaligned_probes]
             turn = i // misaligned_probes
-            prompt, epoch = group[turn % len(group)], turn // len(group) + 1
+            chosen.append((group[turn % len(group)], turn // len(group) + 1))
+        taken = {keys.index((p.sample_id, e)) for p, e in chosen}  # ValueError: no such slot
+        slots = chosen + [s for j, s in enumerate(slots) if j not in taken]
+    records = []
+    for i, kind in enumerate(kinds):
+        prompt, epoch = slots[i]
         if kind == "failed":
             judged = {primary: verdict(None, "no_score"), "coherence": verdict(None, "no_score")}
         elif kind == "refused":
@@ -105,6 +115,8 @@ def make_run(
                 "error": None,
             }
         )
+    if edit_answers:
+        records = edit_answers(records)
     spec = str(checkpoint) if checkpoint else model_spec
     model = {
         "spec": spec,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from emeval.formatting import fmt_value
@@ -130,6 +131,46 @@ def _clustering(run: Run, metric_name: str) -> tuple[float, int] | None:
     return (float(detail["deff"]), int(detail["probes"])) if detail else None
 
 
+def _answer_keys(run: Run) -> dict[str, Counter]:
+    """{training context: how often each (prompt, sample number) is answered in it}."""
+    keys: dict[str, Counter] = {}
+    for r in run.records:
+        context = str(r.get("context") or PLAIN_CONTEXT)
+        prompt = str(r.get("sample_id"))
+        if context != PLAIN_CONTEXT:  # a framed prompt's id ends in /<context>
+            prompt = prompt.removesuffix(f"/{context}")
+        keys.setdefault(context, Counter())[(prompt, str(r.get("epoch")))] += 1
+    return keys
+
+
+def _coverage_differences(candidate: Run, baseline: Run) -> str | None:
+    """What keeps the runs' answers from covering the same prompts once each: answers dropped
+    (from results and samples alike) or repeated would change a rate unseen. The plain answers
+    must match the baseline's; each training context's, the run's own plain ones."""
+    problems = []
+
+    def compare(name: str, have: Counter, want: Counter, want_name: str) -> None:
+        missing = sorted(set(want) - set(have))
+        if missing:
+            first = f"{missing[0][0]} (sample {missing[0][1]})"
+            problems.append(f"{name} lacks {len(missing)} answers {want_name} has, first {first}")
+
+    runs = {"the candidate": _answer_keys(candidate), "the baseline": _answer_keys(baseline)}
+    plain = {role: keys.get(PLAIN_CONTEXT, Counter()) for role, keys in runs.items()}
+    compare("the candidate", plain["the candidate"], plain["the baseline"], "the baseline")
+    compare("the baseline", plain["the baseline"], plain["the candidate"], "the candidate")
+    for role, keys in runs.items():
+        for context, counts in keys.items():
+            where = role if context == PLAIN_CONTEXT else f"{role} in context {context}"
+            if context != PLAIN_CONTEXT:
+                compare(where, counts, plain[role], "its plain context")
+                compare(f"{role}'s plain context", plain[role], counts, f"context {context}")
+            repeated = sum(n - 1 for n in counts.values() if n > 1)
+            if repeated:
+                problems.append(f"{where} answers a prompt more than once {repeated} times")
+    return "; ".join(problems) or None
+
+
 def _same(a: Run, b: Run) -> list[str]:
     """What differs between two runs that must be comparable."""
     ra, rb = a.results, b.results
@@ -220,6 +261,14 @@ def evaluate(candidate: Run, baseline: Run, policy: dict) -> GateResult:
         ),
         integrity=True,
     )  # fmt: skip
+
+    coverage = _coverage_differences(candidate, baseline)
+    g.add(
+        "the same prompts answered in both runs",
+        None if coverage else True,
+        coverage or "every prompt and sample answered once in each run and training context",
+        integrity=True,
+    )
 
     c_metric, b_metric = candidate.metric(metric_name), baseline.metric(metric_name)
     if c_metric is None or b_metric is None:
