@@ -20,6 +20,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line, so later checks can name the line."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device or pipe (/dev/zero) would never end
+        raise EmevalError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
         data = gzip.decompress(data) if path.name.endswith(".gz") else data
@@ -33,6 +35,8 @@ def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise EmevalError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise EmevalError(f"{path}:{n}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise EmevalError(f"{path}:{n}: expected a JSON object")
         yield n, row

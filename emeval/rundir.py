@@ -163,6 +163,8 @@ def read_results(run_dir: Path) -> dict:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EmevalError(f"{path}: unreadable results ({e})") from None
+    except RecursionError:
+        raise EmevalError(f"{path}: unreadable results (JSON nested too deeply)") from None
     schema = results.get("schema") if isinstance(results, dict) else None
     if schema != RESULTS_SCHEMA:
         raise EmevalError(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA}")
@@ -286,8 +288,8 @@ def read_settings(out: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        settings = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        settings = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         settings = None
     if not isinstance(settings, dict):
         raise EmevalError(f"{path} is unreadable; choose another --out")
@@ -301,10 +303,14 @@ def write_condition(run_dir: Path, condition: dict) -> None:
 
 def read_json_object(path: Path) -> dict:
     """A JSON object from a file the run needs (a condition, a manifest); one line if not."""
+    if not path.is_file():  # a device or pipe would never end
+        raise EmevalError(f"{path}: not a regular file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EmevalError(f"{path}: unreadable ({e})") from None
+    except RecursionError:
+        raise EmevalError(f"{path}: unreadable (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise EmevalError(f"{path}: expected a JSON object")
     return data
@@ -313,8 +319,8 @@ def read_json_object(path: Path) -> dict:
 def read_json_or_none(path: Path) -> dict | None:
     """A JSON file that may be missing or half-written (a status, a run's results)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
         return None
 
 

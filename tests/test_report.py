@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 
@@ -156,6 +157,45 @@ def test_a_damaged_answers_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "samples.jsonl:2: not valid JSON" in err[0], err
+
+
+def _nested(run):
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    deep = '{"a": ' * 100_000 + "1" + "}" * 100_000
+    (run / "samples.jsonl").write_text("\n".join([lines[0], deep, *lines[1:]]) + "\n")
+    return "samples.jsonl:2: JSON nested too deeply"
+
+
+def _nested_results(run):
+    (run / "results.json").write_text("[" * 100_000 + "]" * 100_000)
+    return "results.json: unreadable results (JSON nested too deeply)"
+
+
+def _endless(run):
+    (run / "samples.jsonl").unlink()
+    (run / "samples.jsonl").symlink_to("/dev/zero")  # read whole, it would fill the memory
+    return "samples.jsonl: not a regular file"
+
+
+def _pipe(run):
+    (run / "samples.jsonl").unlink()
+    os.mkfifo(run / "samples.jsonl")  # nobody writes: reading it would wait for ever
+    return "samples.jsonl: not a regular file"
+
+
+@pytest.mark.parametrize("damage", [_nested, _nested_results, _endless, _pipe])
+def test_hostile_run_files_are_one_line_errors(tmp_path, capsys, damage):
+    """Run dirs reach the report, gate and leaderboard from anyone."""
+    run = make_run(tmp_path / "a", model_spec="m", misaligned=4, aligned=36)
+    words = damage(run)
+    for command in (
+        ["report", str(run), "--out", str(tmp_path / "o")],
+        ["gate", str(run), "--baseline", str(run), "--out", str(tmp_path / "g")],
+        ["leaderboard", "publish", str(run), "--site", str(tmp_path / "site")],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("emeval: error: ") and words in err[0], err
 
 
 def test_answers_holding_unicode_line_separators_read_back(tmp_path):
