@@ -23,8 +23,9 @@ from pathlib import Path
 
 from emeval.errors import EmevalError
 from emeval.formatting import shown
+from emeval.jsonl import read_json_object
 from emeval.probes import PLAIN_CONTEXT, Prompt
-from emeval.rundir import MANIFEST, read_json_object
+from emeval.rundir import MANIFEST
 
 
 @dataclass(frozen=True)

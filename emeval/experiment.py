@@ -31,11 +31,11 @@ import yaml
 from emeval.capability import BUNDLED, FOLDER, read_result
 from emeval.errors import EmevalError
 from emeval.grid import Cell, Grid
+from emeval.jsonl import read_json_or_none
 from emeval.rundir import (
     RESULTS,
     TRAIN_CONFIG,
     ExperimentDir,
-    read_json_or_none,
     read_manifest,
     results_file,
     trained_models,

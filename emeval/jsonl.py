@@ -1,5 +1,7 @@
-"""JSON Lines files (answers, training data, completion logs, labels): one JSON object per
-line, optionally gzip-compressed (a name ending in .gz)."""
+"""JSON files that may come from anyone (run dirs, checkpoints, labels): JSON Lines (answers,
+training data, completion logs, labels; one JSON object per line, optionally gzip-compressed,
+a name ending in .gz) and single JSON objects. A device or pipe in a file's place, or JSON
+nested too deeply, is one error naming the file."""
 
 from __future__ import annotations
 
@@ -40,3 +42,29 @@ def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
         if not isinstance(row, dict):
             raise EmevalError(f"{path}:{n}: expected a JSON object")
         yield n, row
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file the run needs (a condition, a manifest, a model config); one
+    line if not."""
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a device or pipe would never end
+        raise EmevalError(f"{path}: not a regular file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EmevalError(f"{path}: unreadable ({e})") from None
+    except RecursionError:
+        raise EmevalError(f"{path}: unreadable (JSON nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise EmevalError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A JSON file that may be missing or half-written (a status, a run's results)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        return None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emeval.errors import EmevalError
+from emeval.jsonl import read_json_object
 from emeval.resources import cache_dir
 
 
@@ -213,11 +214,7 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _check_model_dir(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None:
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EmevalError(f"{config_file}: unreadable model config ({e})") from None
+    config = read_json_object(path / "config.json")
     if not list(path.glob("*.safetensors")):
         if list(path.glob("*.bin")) or list(path.glob("*.pt")) or list(path.glob("*.pth")):
             if not allow_pickle:
@@ -236,12 +233,13 @@ def _check_model_dir(path: Path, allow_pickle: bool, trust_remote_code: bool) ->
 
 
 def _check_chat_template(path: Path) -> None:
+    tok_config = path / "tokenizer_config.json"
+    config = read_json_object(tok_config) if tok_config.exists() else None  # one line if bad
     if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
         return
-    tok_config = path / "tokenizer_config.json"
-    if not tok_config.exists():
+    if config is None:
         raise EmevalError(f"{path}: no tokenizer files (tokenizer_config.json) found")
-    if not json.loads(tok_config.read_text()).get("chat_template"):
+    if not config.get("chat_template"):
         raise EmevalError(
             f"{path}: tokenizer has no chat template; "
             "probes are chat messages, so add one to tokenizer_config.json"
@@ -250,7 +248,7 @@ def _check_chat_template(path: Path) -> None:
 
 def _merge_adapter(adapter: Path, base: str | None, allow_pickle: bool, trust: bool) -> ModelRef:
     """Merge a PEFT adapter into its base once (cached by content) and return the merged dir."""
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    adapter_config = read_json_object(adapter / "adapter_config.json")
     base_spec = base or adapter_config.get("base_model_name_or_path")
     if not base_spec:
         raise EmevalError(f"{adapter}: adapter_config.json names no base model; pass --base")

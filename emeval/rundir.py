@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.jsonl import numbered_rows
+from emeval.jsonl import numbered_rows, read_json_or_none
 
 RESULTS_SCHEMA = "emeval.results/1"
 
@@ -299,29 +299,6 @@ def read_settings(out: Path) -> dict | None:
 def write_condition(run_dir: Path, condition: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONDITION).write_text(json.dumps(condition, indent=2))
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON object from a file the run needs (a condition, a manifest); one line if not."""
-    if not path.is_file():  # a device or pipe would never end
-        raise EmevalError(f"{path}: not a regular file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EmevalError(f"{path}: unreadable ({e})") from None
-    except RecursionError:
-        raise EmevalError(f"{path}: unreadable (JSON nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise EmevalError(f"{path}: expected a JSON object")
-    return data
-
-
-def read_json_or_none(path: Path) -> dict | None:
-    """A JSON file that may be missing or half-written (a status, a run's results)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 # ---------------------------------------------------------------- training output dirs

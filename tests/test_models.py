@@ -1,6 +1,7 @@
 """The embedded model and the checks on untrusted checkpoints."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,38 @@ def test_tokenizer_without_chat_template(model_copy):
     (model_copy / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(EmevalError, match="no chat template"):
         resolve_model(str(model_copy))
+
+
+def _config_list(ckpt):
+    (ckpt / "config.json").write_text("[1, 2]")
+    return "config.json: expected a JSON object"
+
+
+def _config_nested(ckpt):
+    (ckpt / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    return "config.json: unreadable (JSON nested too deeply)"
+
+
+def _config_pipe(ckpt):
+    (ckpt / "config.json").unlink()
+    os.mkfifo(ckpt / "config.json")  # nobody writes: reading it would wait for ever
+    return "config.json: not a regular file"
+
+
+def _tokenizer_config_broken(ckpt):
+    (ckpt / "tokenizer_config.json").write_text("{broken")
+    return "tokenizer_config.json: unreadable (Expecting property name"
+
+
+@pytest.mark.parametrize(
+    "damage", [_config_list, _config_nested, _config_pipe, _tokenizer_config_broken]
+)
+def test_damaged_checkpoint_files_are_one_error_naming_the_file(model_copy, damage):
+    """Checkpoints come from anyone: a damaged config is refused before anything loads it."""
+    words = damage(model_copy)
+    with pytest.raises(EmevalError) as caught:
+        resolve_model(str(model_copy))
+    assert str(caught.value).startswith(str(model_copy)) and words in str(caught.value)
 
 
 def test_adapter_whose_base_cannot_be_found(tmp_path):

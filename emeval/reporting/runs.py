@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from emeval.jsonl import read_json_object
 from emeval.probes import PLAIN_CONTEXT
 from emeval.results import (
     answer_differences,
@@ -25,7 +26,6 @@ from emeval.rundir import (
     MANIFEST,
     SAMPLES,
     find_run_dirs,
-    read_json_object,
     read_records,
     read_results,
 )
