@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emeval.errors import EmevalError
-from emeval.jsonl import numbered_rows, read_json_or_none
+from emeval.jsonl import numbered_rows, read_json_object, read_json_or_none
 
 RESULTS_SCHEMA = "emeval.results/1"
 
@@ -159,13 +159,8 @@ def read_results(run_dir: Path) -> dict:
     path = results_file(run_dir)
     if path is None:
         raise EmevalError(f"{run_dir}: no results.json (is it an `emeval run` output dir?)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EmevalError(f"{path}: unreadable results ({e})") from None
-    except RecursionError:
-        raise EmevalError(f"{path}: unreadable results (JSON nested too deeply)") from None
-    schema = results.get("schema") if isinstance(results, dict) else None
+    results = read_json_object(path)
+    schema = results.get("schema")
     if schema != RESULTS_SCHEMA:
         raise EmevalError(f"{path}: schema {schema!r}, expected {RESULTS_SCHEMA}")
     wrong = results_shape_problem(results)

@@ -168,7 +168,7 @@ def _nested(run):
 
 def _nested_results(run):
     (run / "results.json").write_text("[" * 100_000 + "]" * 100_000)
-    return "results.json: unreadable results (JSON nested too deeply)"
+    return "results.json: unreadable (JSON nested too deeply)"
 
 
 def _endless(run):

@@ -285,7 +285,10 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     one_line_error(emeval("run", no_template), "no chat template")
     broken = tmp_path / "broken_run"  # a run dir whose results.json is damaged
     broken.mkdir()
-    for text, pattern in (("{not json", "unreadable results"), ("[1, 2]", "schema None")):
+    for text, pattern in (
+        ("{not json", "results.json: unreadable"),
+        ("[1, 2]", "expected a JSON object"),
+    ):
         (broken / "results.json").write_text(text)
         one_line_error(emeval("rescore", broken, "--judge", "offline", "--out", tmp_path), pattern)
 
