@@ -2,7 +2,8 @@
 
 Run dirs may come from anyone, so the gate decides on what each run's answers give: every
 number is recomputed from the verdicts in samples.jsonl (Run.answered), and one that
-results.json states otherwise makes the gate undecided, as does a run compared with itself.
+results.json states otherwise makes the gate undecided, as does a run compared with itself
+or two runs whose answers do not cover the same prompts once each (answers dropped or copied).
 Settings (suite, judge, sampling, EM definition) are read from results.json and must match.
 The one-sided test of the EM increase divides each run's counts by its design effect (answers
 to one probe are not independent).
