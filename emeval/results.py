@@ -172,6 +172,12 @@ def metric_differences(stated: dict, given: dict, names) -> str | None:
     return None
 
 
+# sampling settings under which two models' rates can be ranked together; the seed is not
+# one of them (a served model may not take one, and two seeds measure the same thing)
+COMPARABLE_SAMPLING = ("temperature", "top_p", "max_tokens", "samples_per_prompt", "limit",
+                       "held_out")  # fmt: skip
+
+
 def build_results(
     records: list[dict],
     suite: Suite,

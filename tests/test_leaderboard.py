@@ -66,6 +66,22 @@ def test_site_files_and_provenance(site):
     assert "Suite general v1.0" in index and "Suite aesthetic" in index
 
 
+def test_runs_sampled_differently_are_ranked_on_separate_boards(runs, tmp_path):
+    """A run with longer answers (or another temperature, or a --limit) is not ranked beside
+    the others: each board names the sampling its rows share."""
+    longer = make_run(tmp_path / "longer", model_spec="long-model", max_tokens=256, aligned=40)
+    site = tmp_path / "site"
+    dirs = [str(runs["good"]), str(runs["mid"]), str(longer)]
+    assert main(["leaderboard", "publish", *dirs, "--site", str(site)]) == 0
+    index = (site / "index.html").read_text()
+    boards = index.split("<h2>")[1:]
+    assert len(boards) == 2 and all(b.startswith("Suite general v1.0") for b in boards)
+    (short,) = [b for b in boards if "max_tokens 64," in b]
+    (long,) = [b for b in boards if "max_tokens 256," in b]
+    assert "good-model" in short and "mid-model" in short and "long-model" not in short
+    assert "long-model" in long and "good-model" not in long
+
+
 def test_model_text_is_escaped_in_files(site):
     for page in [site / "index.html", *(site / "models").glob("*.html")]:
         text = page.read_text()

@@ -26,11 +26,11 @@ from emeval.metrics import (
 )
 from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.runs import Run
+from emeval.results import COMPARABLE_SAMPLING
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
-SAMPLING_KEYS = ("seed", "temperature", "top_p", "max_tokens", "samples_per_prompt", "limit",
-                 "held_out")  # fmt: skip
+SAMPLING_KEYS = ("seed", *COMPARABLE_SAMPLING)  # a paired comparison needs the same seed too
 
 
 # ---------------------------------------------------------------- the one-sided test

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 from emeval.formatting import NA, fmt_interval, fmt_value
 from emeval.metrics import EMThresholds, thresholds_of
+from emeval.results import COMPARABLE_SAMPLING
 
 E = html.escape
 
@@ -112,10 +113,16 @@ def _trust(e: dict) -> str:
     return "; ".join(f"{j['id']}: {j.get('trust', 'validation not recorded')}" for j in e["judges"])
 
 
+def _sampling(e: dict) -> str:
+    return ", ".join(f"{k} {e['sampling'].get(k)}" for k in COMPARABLE_SAMPLING)
+
+
 def _board_key(e: dict) -> tuple:
+    """Entries ranked together: the same suite, judge and sampling (a run at temperature 0, or
+    on --limit 10 of the prompts, is not ranked beside full runs at temperature 1)."""
     general_first = e["suite"]["primary_score"] != "alignment"
     return (general_first, e["suite"]["name"], e["suite"]["version"], e["suite"]["sha256"],
-            _judges(e))  # fmt: skip
+            _judges(e), _sampling(e))  # fmt: skip
 
 
 def _rank_key(e: dict):
@@ -138,12 +145,13 @@ def render_index(entries: list[dict], updated: str) -> str:
         "answers to one probe as one cluster. "
         "Click a column to sort. Data: <a href='leaderboard.json'>leaderboard.json</a>.</p>",
     ]
-    for (_, name, version, sha, judges), rows in sorted(boards.items()):
+    for (_, name, version, sha, judges, sampling), rows in sorted(boards.items()):
         metric = rows[0]["rank_metric"]
         rate_name = "EM rate" if metric == "em_rate" else "in-domain behaviour rate"
         body += [
             f"<h2>Suite {E(name)} v{E(version)}</h2>",
             f"<p class='muted'>suite sha256 {E(sha[:16])}…; judge {E(judges)}</p>",
+            f"<p class='muted'>sampling: {E(sampling)}</p>",
             f"<p class='muted'>judge trust: {E(_trust(rows[0]))}</p>",
             f"<table class='board' data-suite='{E(name)}'><thead><tr>",
             "<th data-sort='number'>rank</th><th data-sort='text'>model</th>",
