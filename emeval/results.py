@@ -178,6 +178,11 @@ COMPARABLE_SAMPLING = ("temperature", "top_p", "max_tokens", "samples_per_prompt
                        "held_out")  # fmt: skip
 
 
+def comparable_sampling(sampling: dict) -> str:
+    """The COMPARABLE_SAMPLING settings of a run, as text (equal text: comparable runs)."""
+    return ", ".join(f"{k} {sampling.get(k)}" for k in COMPARABLE_SAMPLING)
+
+
 def build_results(
     records: list[dict],
     suite: Suite,

@@ -352,6 +352,21 @@ def test_seed_spread_in_the_tables(seeded_report):
     assert "<h2>Seed spread</h2>" in html_text and "<td>5.0%–25.0%</td>" in html_text
 
 
+def test_runs_sampled_differently_are_warned_about(tmp_path, capsys):
+    """A run on fewer prompts or with longer answers pooled beside the others would compare
+    unlike numbers: the report says so, naming each setting."""
+    make_run(tmp_path / "runs" / "a", model_spec="a-model", misaligned=4, aligned=36)
+    make_run(tmp_path / "runs" / "b", model_spec="b-model", misaligned=4, aligned=36,
+             max_tokens=256)  # fmt: skip
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    (warning,) = [line for line in md.splitlines() if "sampled differently" in line]
+    assert "suite general was sampled differently" in warning
+    assert "max_tokens 64," in warning and "max_tokens 256," in warning
+    captured = capsys.readouterr()
+    assert "sampled differently" in captured.out + captured.err
+
+
 def test_a_cell_with_one_seed_is_warned_about(seeded, seeded_report, tmp_path, capsys):
     md = (seeded_report / "report.md").read_text()
     warnings = [line for line in md.splitlines() if line.startswith("- **warning:**")]

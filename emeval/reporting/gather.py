@@ -28,6 +28,7 @@ from emeval.metrics import (
 from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.model import Cell, Checkpoint, Report, flat_metrics
 from emeval.reporting.runs import UNKNOWN, Run
+from emeval.results import comparable_sampling
 
 
 @dataclass
@@ -157,12 +158,19 @@ def gather(runs: list[Run], include_incomplete: bool = False) -> Report:
     others = sorted({r.suite_key for r in runs if r.primary == "alignment"} - {em_suite})
     for name, sha in others:
         warnings.append(f"alignment suite {name} ({sha[:12]}) differs from the EM suite; left out")
-    by_suite_judges = defaultdict(set)
+    by_suite_judges, by_suite_sampling = defaultdict(set), defaultdict(set)
     for r in runs:
         by_suite_judges[r.suite_key[0]].add(r.judge_id)
+        by_suite_sampling[r.suite_key[0]].add(comparable_sampling(r.results["sampling"]))
     for suite, judges in sorted(by_suite_judges.items()):
         if len(judges) > 1:
             warnings.append(f"suite {suite} was judged by different judges: {', '.join(judges)}")
+    for suite, settings in sorted(by_suite_sampling.items()):
+        if len(settings) > 1:  # e.g. a --limit run beside full ones: its cell is not comparable
+            warnings.append(
+                f"suite {suite} was sampled differently in different runs: "
+                + " | ".join(sorted(settings))
+            )
 
     by_model: dict[str, list[Run]] = defaultdict(list)
     for r in runs:

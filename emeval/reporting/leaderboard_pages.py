@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from emeval.formatting import NA, fmt_interval, fmt_value
 from emeval.metrics import EMThresholds, thresholds_of
-from emeval.results import COMPARABLE_SAMPLING
+from emeval.results import comparable_sampling
 
 E = html.escape
 
@@ -113,16 +113,12 @@ def _trust(e: dict) -> str:
     return "; ".join(f"{j['id']}: {j.get('trust', 'validation not recorded')}" for j in e["judges"])
 
 
-def _sampling(e: dict) -> str:
-    return ", ".join(f"{k} {e['sampling'].get(k)}" for k in COMPARABLE_SAMPLING)
-
-
 def _board_key(e: dict) -> tuple:
     """Entries ranked together: the same suite, judge and sampling (a run at temperature 0, or
     on --limit 10 of the prompts, is not ranked beside full runs at temperature 1)."""
     general_first = e["suite"]["primary_score"] != "alignment"
     return (general_first, e["suite"]["name"], e["suite"]["version"], e["suite"]["sha256"],
-            _judges(e), _sampling(e))  # fmt: skip
+            _judges(e), comparable_sampling(e["sampling"]))  # fmt: skip
 
 
 def _rank_key(e: dict):
