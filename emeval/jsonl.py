@@ -13,6 +13,15 @@ from pathlib import Path
 from emeval.errors import EmevalError
 
 
+def _not_special(path: Path) -> Path:
+    """The path, refused when a device or pipe stands in its place (reading /dev/zero or a FIFO
+    nobody writes to would never end); a missing file is left to the reader to report."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise EmevalError(f"{path}: not a regular file")
+    return path
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every object in a JSON Lines file, blank lines skipped; a damaged line is one error
     naming the file and the line."""
@@ -21,9 +30,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line, so later checks can name the line."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # a device or pipe (/dev/zero) would never end
-        raise EmevalError(f"{path}: not a regular file")
+    path = _not_special(path)
     try:
         data = path.read_bytes()
         data = gzip.decompress(data) if path.name.endswith(".gz") else data
@@ -47,9 +54,7 @@ def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def read_json_object(path: Path) -> dict:
     """A JSON object from a file the run needs (a condition, a manifest, a model config); one
     line if not."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # a device or pipe would never end
-        raise EmevalError(f"{path}: not a regular file")
+    path = _not_special(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

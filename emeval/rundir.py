@@ -282,10 +282,7 @@ def read_settings(out: Path) -> dict | None:
     path = out / RUN_SETTINGS
     if not path.exists():
         return None
-    try:
-        settings = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        settings = None
+    settings = read_json_or_none(path)
     if not isinstance(settings, dict):
         raise EmevalError(f"{path} is unreadable; choose another --out")
     return settings
