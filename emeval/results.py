@@ -74,7 +74,7 @@ def numbers_from_answers(results: dict, records: list[dict]) -> dict:
     for r in records:
         for verdict in r["judges"].get(judge_id, {}).values():
             methods[verdict.get("method")] = methods.get(verdict.get("method"), 0) + 1
-    return {"contexts": contexts, "methods": methods}
+    return {"contexts": contexts, "methods": methods, "all_paraphrases": asked_paraphrases(records)}
 
 
 def _stated_blocks(results: dict) -> dict[str, dict]:
@@ -120,6 +120,12 @@ def answer_differences(results: dict, found: dict) -> str | None:
                     if not _same_number(a, b):
                         shown = what.format(key=key, sub=sub)
                         return f"{where}{shown} {a} in results.json, {b} from samples.jsonl"
+    stated_paraphrases = results["sampling"].get("all_paraphrases")
+    if stated_paraphrases is not None and stated_paraphrases != found["all_paraphrases"]:
+        return (
+            f"sampling.all_paraphrases {stated_paraphrases} in results.json, "
+            f"{found['all_paraphrases']} from samples.jsonl"
+        )
     methods = results["judges"][0].get("methods")
     if methods is not None and methods != found["methods"]:
         return f"verdict methods {methods} in results.json, {found['methods']} from samples.jsonl"
@@ -128,9 +134,11 @@ def answer_differences(results: dict, found: dict) -> str | None:
 
 def answered_results(results: dict, found: dict) -> dict:
     """results.json with every number about its answers replaced by what they give (`found`:
-    numbers_from_answers); settings, model and judges stay as stated."""
+    numbers_from_answers); settings, model and judges stay as stated, but for which prompts
+    were asked, which the answers show (runs from before it was recorded get it too)."""
     plain = found["contexts"].get(PLAIN_CONTEXT, {})
     out = dict(results)
+    out["sampling"] = results["sampling"] | {"all_paraphrases": found["all_paraphrases"]}
     out["metrics"] = plain.get("metrics", {})
     out["counts"] = plain.get("counts", {"samples": 0, "judge_failures": 0})
     out["intervals"] = dict(results.get("intervals") or {}) | {
@@ -173,14 +181,26 @@ def metric_differences(stated: dict, given: dict, names) -> str | None:
 
 
 # sampling settings under which two models' rates can be ranked together; the seed is not
-# one of them (a served model may not take one, and two seeds measure the same thing)
+# one of them (a served model may not take one, and two seeds measure the same thing).
+# all_paraphrases: whether any question was asked beyond its first paraphrase
 COMPARABLE_SAMPLING = ("temperature", "top_p", "max_tokens", "samples_per_prompt", "limit",
-                       "held_out")  # fmt: skip
+                       "held_out", "all_paraphrases")  # fmt: skip
+# what results.json files written before a setting was recorded mean by its absence
+UNRECORDED_SAMPLING = {"all_paraphrases": False}  # the bundled suites' default
+
+
+def sampling_setting(sampling: dict, key: str):
+    return sampling.get(key, UNRECORDED_SAMPLING.get(key))
 
 
 def comparable_sampling(sampling: dict) -> str:
     """The COMPARABLE_SAMPLING settings of a run, as text (equal text: comparable runs)."""
-    return ", ".join(f"{k} {sampling.get(k)}" for k in COMPARABLE_SAMPLING)
+    return ", ".join(f"{k} {sampling_setting(sampling, k)}" for k in COMPARABLE_SAMPLING)
+
+
+def asked_paraphrases(records: list[dict]) -> bool:
+    """Whether any answer is to a paraphrase other than its question's first."""
+    return any(isinstance(r.get("paraphrase"), int) and r["paraphrase"] > 0 for r in records)
 
 
 def build_results(

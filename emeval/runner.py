@@ -20,7 +20,13 @@ from emeval.judging.kinds import DEFAULT_JUDGE, judge_from_spec, validation_of
 from emeval.metrics import EMThresholds, thresholds_of
 from emeval.models import ModelRef, check_served, resolve_model, split_model_spec
 from emeval.probes import PLAIN_CONTEXT, load_suite
-from emeval.results import answer_differences, build_results, numbers_from_answers, render_summary
+from emeval.results import (
+    answer_differences,
+    asked_paraphrases,
+    build_results,
+    numbers_from_answers,
+    render_summary,
+)
 from emeval.rundir import (
     LOGS,
     RESULTS,
@@ -355,6 +361,7 @@ def _write_from_log(log, suite_name: str, model: ModelRef, s: RunSettings, out: 
         "samples_per_prompt": log.eval.config.epochs or 1,
         "limit": s.limit,
         "held_out": s.held_out,
+        "all_paraphrases": asked_paraphrases(records),
     }
     results = build_results(
         [r for r in records if not r["error"]],

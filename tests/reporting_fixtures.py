@@ -51,6 +51,7 @@ def make_run(
     thresholds: EMThresholds = DEFAULT_THRESHOLDS,
     validations: dict | None = None,
     edit_answers=None,
+    all_paraphrases: bool | None = None,
 ) -> Path:
     """A run dir with the given numbers of misaligned-and-coherent, incoherent, unjudged
     (no_score), refused (alignment REFUSAL, coherent) and aligned answers, and misaligned
@@ -59,10 +60,12 @@ def make_run(
     misaligned_probes: put the misaligned answers on that many probes' slots (round robin,
     each probe's prompts and then further samples in turn).
     edit_answers: a function of the answer records that changes them before the results are
-    built, as someone editing a run and recomputing its numbers with emeval would."""
+    built, as someone editing a run and recomputing its numbers with emeval would.
+    all_paraphrases: ask every paraphrase and record so (True), record that only the first
+    were asked (False), or record nothing, as emeval did before it recorded it (None)."""
     s = load_suite(suite)
     primary = "behaviour" if "behaviour" in s.rubrics else "alignment"
-    prompts = s.select(all_paraphrases=False)
+    prompts = s.select(all_paraphrases=bool(all_paraphrases))
     by_probe: dict[str, list] = {}
     for prompt in prompts:
         by_probe.setdefault(prompt.probe_id, []).append(prompt)
@@ -127,6 +130,8 @@ def make_run(
     }
     sampling = {"temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens, "seed": seed,
                 "samples_per_prompt": 1, "limit": None, "held_out": False}  # fmt: skip
+    if all_paraphrases is not None:
+        sampling["all_paraphrases"] = all_paraphrases
     problems = [] if complete else ["3 of 40 samples present"]
     results = build_results(
         records,

@@ -91,6 +91,17 @@ def test_undecided(runs, tmp_path, case, reason):
     assert md.startswith("# emeval gate: UNDECIDED") and reason in md
 
 
+def test_paraphrases_asked_are_compared(runs, tmp_path):
+    """A run asked every paraphrase is not comparable with one asked the first only; a new
+    run that records first-paraphrase compares with a baseline from before emeval recorded it."""
+    every = make_run(tmp_path / "every", misaligned=1, aligned=199, all_paraphrases=True)
+    code, md = gate(tmp_path, every, runs["baseline"])
+    assert code == 2 and "sampling.all_paraphrases True vs False" in md
+    first = make_run(tmp_path / "first", misaligned=1, aligned=199, all_paraphrases=False)
+    code, md = gate(tmp_path, first, runs["baseline"])
+    assert code == 0, md
+
+
 def test_undecided_even_when_it_would_fail(runs, tmp_path):
     """Undecidable comparisons never pass and never pose as a plain failure."""
     worse_other_seed = make_run(tmp_path / "w", misaligned=12, aligned=28, seed=3)

@@ -82,6 +82,42 @@ def test_runs_sampled_differently_are_ranked_on_separate_boards(runs, tmp_path):
     assert "long-model" in long and "good-model" not in long
 
 
+def test_runs_on_all_paraphrases_are_ranked_apart(runs, tmp_path):
+    """A run asked every paraphrase answers other prompts: its own board. Runs from before
+    emeval recorded it count as first-paraphrase runs and keep their entry ids; a results.json
+    that says first-paraphrase beside answers to later paraphrases is refused."""
+    every = make_run(tmp_path / "every", model_spec="every-model", aligned=40, all_paraphrases=True)
+    first = make_run(
+        tmp_path / "first", model_spec="first-model", aligned=40, all_paraphrases=False
+    )
+    site = tmp_path / "site"
+    dirs = [str(runs["good"]), str(first), str(every)]
+    assert main(["leaderboard", "publish", *dirs, "--site", str(site)]) == 0
+    boards = (site / "index.html").read_text().split("<h2>")[1:]
+    assert len(boards) == 2
+    (plain,) = [b for b in boards if "all_paraphrases False" in b]
+    (other,) = [b for b in boards if "all_paraphrases True" in b]
+    assert "good-model" in plain and "first-model" in plain and "every-model" not in plain
+    assert "every-model" in other and "good-model" not in other
+    # the legacy run (no all_paraphrases in results.json) keeps the id it had
+    good = next(e for e in entries(site) if e["model"]["spec"] == "good-model")
+    assert (
+        "all_paraphrases" not in json.loads((runs["good"] / "results.json").read_text())["sampling"]
+    )
+    legacy_id = leaderboard.entry_id(json.loads((runs["good"] / "results.json").read_text()))
+    assert good["id"] == legacy_id
+
+    def say_first(path) -> None:
+        results = json.loads(path.read_text())
+        results["sampling"]["all_paraphrases"] = False
+        path.write_text(json.dumps(results))
+
+    say_first(every / "results.json")
+    before = (site / "leaderboard.json").read_text()
+    assert main(["leaderboard", "publish", str(every), "--site", str(site)]) == 2
+    assert (site / "leaderboard.json").read_text() == before
+
+
 def test_model_text_is_escaped_in_files(site):
     for page in [site / "index.html", *(site / "models").glob("*.html")]:
         text = page.read_text()

@@ -363,6 +363,7 @@ def test_runs_sampled_differently_are_warned_about(tmp_path, capsys):
     (warning,) = [line for line in md.splitlines() if "sampled differently" in line]
     assert "suite general was sampled differently" in warning
     assert "max_tokens 64," in warning and "max_tokens 256," in warning
+    assert warning.count("all_paraphrases False") == 2  # both asked the first paraphrases
     captured = capsys.readouterr()
     assert "sampled differently" in captured.out + captured.err
 

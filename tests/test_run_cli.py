@@ -58,6 +58,7 @@ def test_published_run_writes_every_metric(published_run):
         assert set(metric) == {"value", "ci", "n"}
     assert results["counts"]["samples"] == 4  # 2 questions x 2 samples
     assert results["sampling"]["seed"] == 0  # the emeval provider seeds once per run
+    assert results["sampling"]["all_paraphrases"] is False  # the file has one per question
     assert results["judges"][0]["id"].startswith("local:smollm2-135m-instruct@")
     rubric = results["judges"][0]["rubrics"]["alignment"]
     assert rubric["name"] == "first_plot_questions:aligned" and len(rubric["sha256"]) == 64
@@ -213,6 +214,18 @@ def test_a_dir_of_foreign_logs_or_results_is_refused(tmp_path):
     # settings that cannot be read are no proof the answers are this run's either
     (theirs / "run.json").write_text("{not json")
     one_line_error(emeval(*base, theirs), "run.json is unreadable")
+
+
+def test_a_run_records_that_it_asked_later_paraphrases(tmp_path):
+    """Runs on other prompts must not be ranked together: results.json says whether any
+    question was asked beyond its first paraphrase (the third prompt here is one)."""
+    args = ["run", "--limit", "3", "--samples", "1", "--max-tokens", "8", "--all-paraphrases"]
+    result = emeval(*args, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["sampling"]["all_paraphrases"] is True
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").open()]
+    assert sorted(s["paraphrase"] for s in samples) == [0, 0, 1]
 
 
 def test_model_args_reach_the_provider(tmp_path):

@@ -26,7 +26,7 @@ from emeval.metrics import (
 )
 from emeval.probes import PLAIN_CONTEXT
 from emeval.reporting.runs import Run
-from emeval.results import COMPARABLE_SAMPLING
+from emeval.results import COMPARABLE_SAMPLING, sampling_setting
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNDECIDED: 2}
@@ -191,7 +191,7 @@ def _same(a: Run, b: Run) -> list[str]:
     if definitions:
         diffs.append(definitions)
     for key in SAMPLING_KEYS:
-        va, vb = ra["sampling"].get(key), rb["sampling"].get(key)
+        va, vb = sampling_setting(ra["sampling"], key), sampling_setting(rb["sampling"], key)
         if va != vb:
             diffs.append(f"sampling.{key} {va!r} vs {vb!r}")
     return diffs

@@ -24,7 +24,7 @@ from emeval.errors import EmevalError
 from emeval.metrics import definition_differences, thresholds_of
 from emeval.reporting.leaderboard_pages import render_index, render_model_page
 from emeval.reporting.runs import Run
-from emeval.results import judge_trust
+from emeval.results import UNRECORDED_SAMPLING, judge_trust
 from emeval.rundir import RESULTS, metric_problem
 
 SCHEMA = "emeval.leaderboard/1"
@@ -50,7 +50,12 @@ def entry_id(results: dict) -> str:
         "model": results["model"].get("weights_sha256") or results["model"].get("spec"),
         "suite": results["suite"]["sha256"],
         "judges": [(j["id"], j["rubrics"]) for j in results["judges"]],
-        "sampling": results["sampling"],
+        # a setting at the value its absence meant before it was recorded keeps old ids
+        "sampling": {
+            k: v
+            for k, v in results["sampling"].items()
+            if k not in UNRECORDED_SAMPLING or v != UNRECORDED_SAMPLING[k]
+        },
     }
     return _sha(json.dumps(key, sort_keys=True))[:16]
 
