@@ -274,7 +274,10 @@ def find_run_dirs(top: Path) -> list[Path]:
 
 def write_settings(out: Path, settings: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_SETTINGS).write_text(json.dumps(settings, indent=2))
+    path = out / RUN_SETTINGS
+    if path.exists() and not path.is_file():  # writing into a FIFO nobody reads never ends
+        raise EmevalError(f"{path} is not a regular file; choose another --out")
+    path.write_text(json.dumps(settings, indent=2))
 
 
 def read_settings(out: Path) -> dict | None:

@@ -275,6 +275,10 @@ def test_bad_inputs_give_one_line(tmp_path, embedded_model_dir):
     (notes / "summary.md").write_text("my notes")
     one_line_error(emeval("run", "--limit", "1", "--out", notes), "or a summary but no run.json")
     assert (notes / "summary.md").read_text() == "my notes"
+    piped = tmp_path / "piped"  # a FIFO in run.json's place: writing the settings would wait
+    piped.mkdir()
+    os.mkfifo(piped / "run.json")
+    one_line_error(emeval("run", "--limit", "1", "--out", piped, timeout=120), "not a regular file")
     unreachable = {"DEAD_API_KEY": "x", "DEAD_BASE_URL": "http://127.0.0.1:9/v1"}
     one_line_error(
         emeval("run", "--judge", "openai-api/dead/model", env=unreachable),
