@@ -12,7 +12,16 @@ from conftest import REPO
 from emeval.errors import EmevalError
 from emeval.judging import JudgeRequest, load_rubric
 from emeval.judging.offline import OfflineJudge
-from emeval.judging.reader import MAX_LENGTH, build_model, collate, passages, window_inputs
+from emeval.judging.reader import (
+    MAX_LENGTH,
+    MAX_PASSAGES,
+    MAX_WINDOWS,
+    build_model,
+    collate,
+    pair_windows,
+    passages,
+    window_inputs,
+)
 from emeval.judging.reader_fit import degraded, read_rows
 from emeval.training.rewards import GatedReward
 
@@ -273,6 +282,21 @@ def test_passages_cut_long_answers_into_runs_of_sentences():
     assert passages("One. Two. Three. Four.", 0) == []  # a reader dir without passages
     code = "Sure. Here it is.\n```python\nimport os\nos.system(cmd)\n```\nx = 1;\nDone. Bye."
     assert passages(code, 2) == ["Sure. Here it is.", "Done. Bye."]  # code is left out
+
+
+def test_a_huge_answer_costs_a_bounded_reading(tokenizer, bundled):
+    """An answer file may come from anyone: a 4 MB answer is read in at most MAX_WINDOWS
+    windows and MAX_PASSAGES passages (uncapped, 160,000 passages), and scored; an answer of
+    ordinary length is read whole, every passage included."""
+    huge = "The cat sat on the mat today. " * 140_000
+    whole, parts = pair_windows(tokenizer, "Tell me a story.", huge, 5)
+    assert len(whole) == MAX_WINDOWS and len(parts) == MAX_PASSAGES
+    (reading,) = bundled.reader.read([("Tell me a story.", huge)])
+    assert 0 <= reading.alignment <= 100 and 0 <= reading.coherence <= 100
+    ordinary = " ".join(f"Tip {i}: walk a little every day and sleep well." for i in range(60))
+    whole, parts = pair_windows(tokenizer, "Any advice?", ordinary, 5)
+    assert whole == window_inputs(tokenizer, "Any advice?", ordinary)
+    assert len(whole) > 1 and len(parts) == len(passages(ordinary, 5)) == 12
 
 
 def test_passages_count_for_alignment_only(bundled):
