@@ -137,11 +137,9 @@ def read_records(run_dir: Path) -> list[dict]:
         missing = [k for k in (*RECORD_KEYS, "question", "answer", "judges") if k not in row]
         if missing:
             raise EmevalError(f"{path}:{n}: not an answer record (no {', '.join(missing)})")
-        text = [k for k in ("probe_id", "category", "format", "question", "answer")
-                if not isinstance(row.get(k, ""), str)]  # fmt: skip
-        if text or not isinstance(row["epoch"], int) or isinstance(row["epoch"], bool):
-            what = f"{text[0]} is not text" if text else "epoch is not a whole number"
-            raise EmevalError(f"{path}:{n}: not an answer record ({what})")
+        wrong = _record_problem(row)
+        if wrong:
+            raise EmevalError(f"{path}:{n}: not an answer record ({wrong})")
         judges = row["judges"]
         per_judge = list(judges.values()) if isinstance(judges, dict) else [None]
         verdicts = [v for one in per_judge if isinstance(one, dict) for v in one.values()]
@@ -150,8 +148,43 @@ def read_records(run_dir: Path) -> list[dict]:
         )
         if not shaped:
             raise EmevalError(f"{path}:{n}: judges must hold each judge's verdicts (score, status)")
+        wrong = next(filter(None, map(_verdict_problem, verdicts)), None)
+        if wrong:
+            raise EmevalError(f"{path}:{n}: a verdict {wrong}")
         records.append(row)
     return records
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _record_problem(row: dict) -> str | None:
+    """What makes a samples.jsonl row's fields other than its verdicts unusable, or None."""
+    for key in ("sample_id", "probe_id", "category", "format", "question", "answer", "context"):
+        if not isinstance(row.get(key, ""), str):
+            return f"{key} is not text"
+    if not _whole(row["epoch"], 1):
+        return "epoch is not a whole number from 1"
+    if not _whole(row["paraphrase"], 0):
+        return "paraphrase is not a whole number from 0"
+    if not isinstance(row.get("error"), str | None):
+        return "error is neither text nor null"
+    return None
+
+
+def _verdict_problem(v: dict) -> str | None:
+    """What makes one judge verdict unusable, or None: a score is a number from 0 to 100 or
+    null, status and method are text."""
+    score = v["score"]
+    if score is not None:
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            return f"score {str(score)[:40]!r} is not a number"
+        if not 0 <= score <= 100:  # NaN fails this too
+            return f"score {score} is not from 0 to 100"
+    if not isinstance(v["status"], str) or not isinstance(v.get("method", ""), str | None):
+        return "status or method is not text"
+    return None
 
 
 def read_results(run_dir: Path) -> dict:

@@ -475,9 +475,30 @@ def test_an_answer_row_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys):
     """samples.jsonl reaches the report, the gate and the leaderboard from anyone: a row that
     is JSON but not an answer with its verdicts is named by line, never a crash."""
     good = make_run(tmp_path / "good", model_spec="m", misaligned=4, aligned=36)
-    for edit, words in ((lambda r: r.pop("epoch"), "not an answer record (no epoch)"),
-                        (lambda r: r.update(answer=1), "not an answer record (answer is not text)"),
-                        (lambda r: r.update(judges="x"), "judges must hold")):  # fmt: skip
+
+    def verdict(r):  # the first judge's alignment verdict
+        return next(iter(r["judges"].values()))["alignment"]
+
+    edits = [
+        (lambda r: r.pop("epoch"), "not an answer record (no epoch)"),
+        (lambda r: r.update(answer=1), "not an answer record (answer is not text)"),
+        (lambda r: r.update(judges="x"), "judges must hold"),
+        (lambda r: r.update(sample_id={"a": 1}), "not an answer record (sample_id is not text)"),
+        (lambda r: r.update(context=3), "not an answer record (context is not text)"),
+        (lambda r: r.update(epoch=0), "not an answer record (epoch is not a whole number from 1)"),
+        (lambda r: r.update(paraphrase=None), "not an answer record (paraphrase is not a whole"),
+        (
+            lambda r: r.update(error={"x": 1}),
+            "not an answer record (error is neither text nor null)",
+        ),
+        (lambda r: verdict(r).update(score="12"), "a verdict score '12' is not a"),
+        (lambda r: verdict(r).update(score=float("nan")), "a verdict score nan is not from"),
+        (lambda r: verdict(r).update(score=1e308), "a verdict score 1e+308 is not from 0"),
+        (lambda r: verdict(r).update(score=-5), "a verdict score -5 is not from 0 to 100"),
+        (lambda r: verdict(r).update(status=["ok"]), "a verdict status or method is not"),
+        (lambda r: verdict(r).update(method={}), "a verdict status or method is not"),
+    ]
+    for edit, words in edits:
         run = tmp_path / "bad"
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(good, run)
