@@ -13,7 +13,7 @@ from pathlib import Path
 from emeval.errors import EmevalError
 
 
-def _not_special(path: Path) -> Path:
+def regular_or_missing(path: Path) -> Path:
     """The path, refused when a device or pipe stands in its place (reading /dev/zero or a FIFO
     nobody writes to would never end); a missing file is left to the reader to report."""
     path = Path(path)
@@ -30,7 +30,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line, so later checks can name the line."""
-    path = _not_special(path)
+    path = regular_or_missing(path)
     try:
         data = path.read_bytes()
         data = gzip.decompress(data) if path.name.endswith(".gz") else data
@@ -54,7 +54,7 @@ def numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def read_json_object(path: Path) -> dict:
     """A JSON object from a file the run needs (a condition, a manifest, a model config); one
     line if not."""
-    path = _not_special(path)
+    path = regular_or_missing(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

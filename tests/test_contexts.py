@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 from conftest import copy_model
@@ -106,6 +108,25 @@ def test_bad_training_files_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(text)
     with pytest.raises(EmevalError, match=message):
+        load_frames(str(path))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.parquet", b"garbage\x00\x01", "bad.parquet: unreadable as parquet (ArrowInvalid"),
+        ("bad.csv", b'a,b\n1,2,3,4\n"unclosed\n', "bad.csv: unreadable as csv"),
+        ("bad.json", b'{"x": [1, 2', "bad.json: unreadable as json"),
+        ("piped.csv", None, "piped.csv: not a regular file"),  # a FIFO would be read forever
+    ],
+)
+def test_damaged_data_files_of_every_kind_are_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        os.mkfifo(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(EmevalError, match=re.escape(message)):
         load_frames(str(path))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from emeval.domains import training_data
 from emeval.errors import EmevalError
-from emeval.jsonl import read_jsonl
+from emeval.jsonl import read_jsonl, regular_or_missing
 from emeval.models import sha256_file
 
 
@@ -116,7 +116,14 @@ def _read_rows(path: Path) -> list[dict]:
         raise EmevalError(f"{path}: unsupported data file (use .jsonl, .json, .csv or .parquet)")
     import datasets
 
-    return list(datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train"))
+    regular_or_missing(path)
+    try:
+        rows = datasets.load_dataset(kinds[path.suffix], data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001 - a damaged file is one line, whatever the reader raised
+        raise EmevalError(
+            f"{path}: unreadable as {kinds[path.suffix]} ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    return list(rows)
 
 
 def load_conversations(source: str) -> Dataset:
