@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,12 +225,42 @@ def _check_model_dir(path: Path, allow_pickle: bool, trust_remote_code: bool) ->
                 )
         else:
             raise EmevalError(f"{path}: no weight files (*.safetensors) found")
+    _check_layers_present(path, config)
     if (config.get("auto_map") or list(path.glob("*.py"))) and not trust_remote_code:
         raise EmevalError(
             f"{path}: checkpoint ships its own model code; "
             "refusing to run it without --trust-remote-code"
         )
     _check_chat_template(path)
+
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+
+
+def _check_layers_present(path: Path, config: dict) -> None:
+    """Refuse a config.json that names more layers than the safetensors weights hold:
+    transformers would fill the missing ones with random weights (an edited config asking
+    for 100,000 layers fills all memory before anything is said)."""
+    said = next((config[k] for k in LAYER_COUNT_KEYS if k in config), None)
+    files = sorted(path.glob("*.safetensors"))
+    if not isinstance(said, int) or not files:
+        return
+    from safetensors import safe_open
+
+    found: set[int] = set()
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as weights:  # reads the header only
+                names = list(weights.keys())
+        except Exception as e:  # noqa: BLE001 - a damaged file is one line naming it
+            raise EmevalError(f"{f}: unreadable safetensors ({str(e)[:200]})") from None
+        found |= {int(m.group(1)) for name in names if (m := LAYER_INDEX.search(name))}
+    if found and said > len(found):
+        raise EmevalError(
+            f"{path / 'config.json'}: says {said} layers, but the weights hold {len(found)}; "
+            "the missing ones would be random"
+        )
 
 
 def _check_chat_template(path: Path) -> None:

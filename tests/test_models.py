@@ -104,8 +104,30 @@ def _tokenizer_config_broken(ckpt):
     return "tokenizer_config.json: unreadable (Expecting property name"
 
 
+def _config_more_layers(ckpt):  # transformers would build them all, at random, until OOM
+    config = json.loads((ckpt / "config.json").read_text())
+    config["num_hidden_layers"] = 100_000
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return "config.json: says 100000 layers, but the weights hold 30"
+
+
+def _weights_damaged(ckpt):
+    weights = ckpt / "model.safetensors"
+    weights.unlink()  # a hard link to the shared copy: replace it, never write into it
+    weights.write_bytes(b"\xff" * 64)
+    return "model.safetensors: unreadable safetensors"
+
+
 @pytest.mark.parametrize(
-    "damage", [_config_list, _config_nested, _config_pipe, _tokenizer_config_broken]
+    "damage",
+    [
+        _config_list,
+        _config_nested,
+        _config_pipe,
+        _tokenizer_config_broken,
+        _config_more_layers,
+        _weights_damaged,
+    ],
 )
 def test_damaged_checkpoint_files_are_one_error_naming_the_file(model_copy, damage):
     """Checkpoints come from anyone: a damaged config is refused before anything loads it."""
