@@ -200,7 +200,7 @@ def comparable_sampling(sampling: dict) -> str:
 
 def asked_paraphrases(records: list[dict]) -> bool:
     """Whether any answer is to a paraphrase other than its question's first."""
-    return any(isinstance(r.get("paraphrase"), int) and r["paraphrase"] > 0 for r in records)
+    return any(r["paraphrase"] > 0 for r in records)
 
 
 def build_results(
