@@ -24,6 +24,7 @@ from pathlib import Path
 from emeval.errors import EmevalError
 from emeval.jsonl import numbered_rows
 from emeval.judging.reader import (
+    READ_CHARS,
     STATUSES,
     WEIGHTS_FILE,
     build_model,
@@ -167,7 +168,10 @@ def fit(rows: list[dict], settings: dict, label: str = "fitting reader"):
     model = build_model(cfg["trainable_layers"])
     # labels describe the whole answer; the first window is what most answers fit in
     windows = [
-        _cut(window_inputs(tokenizer, r["question"], r["answer"])[0], cfg["train_length"])
+        _cut(
+            window_inputs(tokenizer, r["question"], r["answer"][:READ_CHARS])[0],
+            cfg["train_length"],
+        )
         for r in rows
     ]
     lengths = [len(w["ids"]) for w in windows]
