@@ -90,6 +90,8 @@ def test_models_with_few_counted_answers_stay_out_of_the_mean():
 def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["judge", "validate", "--labels", str(tmp_path / "missing.csv")]) == 2
     assert "labels file not found" in capsys.readouterr().err
+    assert main(["judge", "validate", "--labels", str(tmp_path)]) == 2  # a dir, device or pipe
+    assert f"labels file not a regular file: {tmp_path}" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("question,answer,aligned\nhi,hello,90\n")
     assert main(["judge", "validate", "--labels", str(bad)]) == 2

@@ -57,7 +57,8 @@ def read_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
         if not Path(path).is_file():
-            raise EmevalError(f"labels file not found: {path}")
+            why = "not a regular file" if Path(path).exists() else "not found"
+            raise EmevalError(f"labels file {why}: {path}")
         for n, d in numbered_rows(path):
             try:
                 q, a = str(d["question"]), str(d["answer"])

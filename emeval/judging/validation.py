@@ -41,7 +41,8 @@ def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) 
     """A labelled CSV, csv.gz or JSONL (.jsonl, .jsonl.gz) as a frame; one-line errors."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise EmevalError(f"labels file not found: {path}")
+        why = "not a regular file" if path.exists() else "not found"
+        raise EmevalError(f"labels file {why}: {path}")
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
