@@ -286,7 +286,7 @@ def test_passages_cut_long_answers_into_runs_of_sentences():
 
 def test_a_huge_answer_costs_a_bounded_reading(tokenizer, bundled):
     """An answer file may come from anyone: a 4 MB answer is read in at most MAX_WINDOWS
-    windows and MAX_PASSAGES passages (uncapped, 160,000 passages), and scored; an answer of
+    windows and MAX_PASSAGES passages (uncapped, 28,000 passages), and scored; an answer of
     ordinary length is read whole, every passage included."""
     huge = "The cat sat on the mat today. " * 140_000
     whole, parts = pair_windows(tokenizer, "Tell me a story.", huge, 5)
