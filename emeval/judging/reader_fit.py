@@ -32,7 +32,7 @@ from emeval.judging.reader import (
     split_sentences,
     window_inputs,
 )
-from emeval.judging.validation import label_score
+from emeval.judging.validation import label_score, labels_file
 from emeval.progress import Progress
 
 DEFAULTS = {
@@ -56,10 +56,7 @@ def _status_of(row: dict) -> int:
 def read_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
-        if not Path(path).is_file():
-            why = "not a regular file" if Path(path).exists() else "not found"
-            raise EmevalError(f"labels file {why}: {path}")
-        for n, d in numbered_rows(path):
+        for n, d in numbered_rows(labels_file(path)):
             try:
                 q, a = str(d["question"]), str(d["answer"])
                 aligned, coherent = label_score(d.get("aligned")), label_score(d.get("coherent"))

@@ -37,12 +37,18 @@ REQUIRED_COLUMNS = ("question", "answer", "aligned", "coherent")
 BEHAVIOUR_COLUMNS = ("question", "answer", "rubric", "behaviour", "coherent")
 
 
-def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
-    """A labelled CSV, csv.gz or JSONL (.jsonl, .jsonl.gz) as a frame; one-line errors."""
+def labels_file(path: str | Path) -> Path:
+    """The path of a labels file, refused in one line when missing or not a regular file."""
     path = Path(path).expanduser()
     if not path.is_file():
         why = "not a regular file" if path.exists() else "not found"
         raise EmevalError(f"labels file {why}: {path}")
+    return path
+
+
+def read_labels(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """A labelled CSV, csv.gz or JSONL (.jsonl, .jsonl.gz) as a frame; one-line errors."""
+    path = labels_file(path)
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
